@@ -1,0 +1,147 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "LiquidMetal",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "flintlockd", targets: ["flintlockd"]),
+        .executable(name: "lmctl", targets: ["lmctl"]),
+        .executable(name: "lm-bench", targets: ["lm-bench"]),
+        .library(name: "AgentClient", targets: ["AgentClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // Generated protobuf and gRPC code (see scripts/generate-protos.sh).
+        .target(
+            name: "FlintlockAPI",
+            dependencies: [
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .target(
+            name: "ContainerdAPI",
+            dependencies: [
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // Small helpers around the host: processes, files, syscalls.
+        .target(
+            name: "HostSystem",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        // The core: spec, status, validation, defaults, ids, plans, ports. No adapters.
+        .target(
+            name: "MicroVMCore",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "MicroVMStore",
+            dependencies: ["MicroVMCore", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .target(
+            name: "ContainerdImages",
+            dependencies: [
+                "MicroVMCore", "ContainerdAPI", "HostSystem",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "HostNetwork",
+            dependencies: ["MicroVMCore", "HostSystem", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "QEMUProvider",
+            dependencies: ["MicroVMCore", "HostSystem", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "HostAgent",
+            dependencies: [
+                "MicroVMCore", "MicroVMStore", "ContainerdImages", "HostNetwork", "QEMUProvider",
+                "FlintlockAPI", "HostSystem",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .target(
+            name: "AgentClient",
+            dependencies: [
+                "FlintlockAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "flintlockd",
+            dependencies: [
+                "HostAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "lmctl",
+            dependencies: [
+                "AgentClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "lm-bench",
+            dependencies: [
+                "AgentClient", "HostSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .target(
+            name: "TestSupport",
+            dependencies: ["HostSystem", "AgentClient"],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore"]),
+        .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
+        .testTarget(
+            name: "ContainerdImagesTests",
+            dependencies: ["ContainerdImages", "MicroVMCore", "TestSupport", "HostSystem"]
+        ),
+        .testTarget(
+            name: "HostAgentTests",
+            dependencies: ["HostAgent", "AgentClient", "FlintlockAPI", "MicroVMCore", "TestSupport", "HostSystem"]
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
