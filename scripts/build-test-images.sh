@@ -114,18 +114,18 @@ find_kernel_deb() {
          awk '{print $1}' | sort -V | tail -n 1)
   if [ -z "$name" ]; then
     # No apt lists (offline?): fall back to the newest cached package.
-    file=$(ls "$cache"/linux-image-6.1.0-*-cloud-amd64_*.deb 2>/dev/null | sort -V | tail -n 1)
+    file=$(find "$cache" -maxdepth 1 -name 'linux-image-6.1.0-*-cloud-amd64_*.deb' | sort -V | tail -n 1)
     [ -n "$file" ] || die "apt-cache knows no linux-image-6.1.0-*-cloud-amd64 package and none is cached (run apt-get update, or set LM_KERNEL_DEB)"
     say "apt-cache found no cloud kernel; using cached $file"
     echo "$file"; return 0
   fi
   ver=$(apt-cache policy "$name" | awk '/Candidate:/ {print $2}')
-  [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no installable version of $name"
+  if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then die "no installable version of $name"; fi
   file=$cache/${name}_${ver//:/%3a}_amd64.deb
   if [ ! -s "$file" ]; then
     say "downloading $name $ver into $cache"
     # apt-get download as root warns that _apt cannot write here; harmless.
-    (cd "$cache" && apt-get download -q "$name=$ver" 2>&1 | grep -v 'unsandboxed as root' >&2) ||
+    (cd "$cache" && apt-get download -q "$name=$ver" 2>&1 | { grep -v 'unsandboxed as root' || true; } >&2) ||
       die "apt-get download $name=$ver failed"
     [ -s "$file" ] || die "apt-get download did not produce $file"
   fi
@@ -160,7 +160,7 @@ install_busybox() {
     esac
     dir=$(dirname "$path")
     mkdir -p "$root/$dir"
-    rel=$(echo "$dir" | sed 's#[^/]*#..#g')        # bin -> .., usr/bin -> ../..
+    case "$dir" in */*) rel=../.. ;; *) rel=.. ;; esac   # usr/bin -> ../.., bin -> ..
     ln -sf "$rel/bin/busybox" "$root/$path"
   done < <("$busybox" --list-full)
 }
@@ -197,7 +197,8 @@ build_initrd() {
     n=$(basename "$f"); n=${n%%.ko*}; n=${n//-/_}
     file_of[$n]=$f
   done < <(find "$mdir/kernel" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
-  local builtin=" $(sed 's#.*/##; s#\.ko.*##; s#-#_#g' "$mdir/modules.builtin" | tr '\n' ' ') "
+  local builtin
+  builtin=" $(sed 's#.*/##; s#\.ko.*##; s#-#_#g' "$mdir/modules.builtin" | tr '\n' ' ') "
 
   # add_module NAME: copy NAME (decompressed) after its dependencies; record the order.
   local -A added=()
@@ -321,7 +322,7 @@ exec </dev/console >/dev/console 2>&1
 
 log() { echo "lm-init: $*"; }
 
-lm_ip= lm_gw= lm_hostname= lm_panic= lm_poweroff= quiet_console=1
+lm_ip='' lm_gw='' lm_hostname='' lm_panic='' lm_poweroff='' quiet_console=1
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     lm_ip=*) lm_ip=${arg#*=} ;;
@@ -487,6 +488,6 @@ for n in kernel root; do
   say "pushing oci:$out/$n:latest -> docker://$ref"
   skopeo --policy "$policy" copy --quiet --dest-tls-verify=false ${creds:+--dest-creds "$creds"} \
     --digestfile "$work/digest-$n" "oci:$out/$n:latest" "docker://$ref" ||
-    die "push of $ref failed (is the registry running? scripts/test-env.sh start)"
+    die "push of $ref failed (registry not running: scripts/test-env.sh start? needs --creds?)"
   echo "$ref@$(cat "$work/digest-$n")"
 done

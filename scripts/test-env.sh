@@ -22,6 +22,10 @@
 #   status  print what runs; exit 0 only if all three run.
 #   env     print shell exports for the tests, e.g.  eval "$(scripts/test-env.sh env)"
 #             LM_TEST_ENV LM_CONTAINERD_SOCKET LM_REGISTRY LM_AUTH_REGISTRY LM_AUTH_USER LM_AUTH_PASS
+#           (while running: the values it was started with, saved in DIR/env.sh)
+#
+# Settings (read by start): LM_REGISTRY_PORT (5111), LM_AUTH_REGISTRY_PORT (5112),
+#   LM_AUTH_USER (lmuser), LM_AUTH_PASS (lmpass). To change a port, stop first.
 #
 # Nothing listens on anything but 127.0.0.1 and unix sockets under DIR; no system
 # containerd or registry is touched (own sockets, ttrpc address, no metrics/debug address).
@@ -67,6 +71,7 @@ auth_user=${LM_AUTH_USER:-$default_user}
 auth_pass=${LM_AUTH_PASS:-$default_pass}
 # bcrypt (cost 10) of "lmpass", made once with:
 #   python3 -c 'import bcrypt; print(bcrypt.hashpw(b"lmpass", bcrypt.gensalt(10)).decode())'
+# shellcheck disable=SC2016  # a literal hash, no expansion wanted
 default_hash='$2b$10$Z39E6GEb8hKdsflmTdNuCO0IZFYBKKk5xwOC2zNjdbVDuvn9fH2QW'
 
 ctd_dir=$dir/containerd
@@ -279,6 +284,8 @@ start_registry() {
   # Ready means: /v2/ answers 200 (with the credentials, if any).
   ready() { [ "$(http_status "$url" "$creds")" = 200 ]; }
   if running "$pidfile" "$rdir/config.yml"; then
+    grep -q "addr: 127.0.0.1:$port\$" "$rdir/config.yml" ||
+      die "$name already runs with another port ($(sed -n 's/^ *addr: //p' "$rdir/config.yml")); run '$prog stop' first"
     wait_for "$name" "$pidfile" "$log" ready
     say "$name: already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"
     return 0
@@ -320,6 +327,7 @@ case "$cmd" in
     start_containerd
     start_registry registry "$reg_pid" "$reg_log" "$reg_dir" "$reg_port"
     start_registry auth-registry "$auth_pid" "$auth_log" "$auth_dir" "$auth_port" "$auth_user" "$auth_pass"
+    print_env >"$dir/env.sh"   # what `env` prints while this instance runs
     say "ready; for the exports run: $0 env${2:+ $dir}"
     ;;
   stop)
@@ -338,7 +346,11 @@ case "$cmd" in
     exit $rc
     ;;
   env)
-    running "$ctd_pid" "$ctd_cfg" || say "warning: containerd in $dir is not running (run: $0 start)"
-    print_env
+    if running "$ctd_pid" "$ctd_cfg" && [ -s "$dir/env.sh" ]; then
+      cat "$dir/env.sh"   # the settings the running instance was started with
+    else
+      say "warning: the test environment in $dir is not running (run: $0 start)"
+      print_env
+    fi
     ;;
 esac

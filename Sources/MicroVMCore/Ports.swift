@@ -117,4 +117,12 @@ public protocol VMMProvider: Sendable {
     func state(of ref: MicroVMRef, directory: String) async -> VMMRunState
     /// Stops the VM: graceful shutdown, then SIGTERM, then SIGKILL. Idempotent.
     func stop(_ ref: MicroVMRef, directory: String) async throws
+    /// The disk format of the VM's writable layers (for example "qcow2").
+    var writableLayerFormat: String { get }
+    /// Creates a copy-on-write layer at `path` over the shared read-only `base`. Idempotent.
+    func createWritableLayer(base: String, at path: String) async throws
+    /// Calls `onExit` as soon as the VM's VMM process goes away. False when it cannot be watched.
+    func watchExit(of ref: MicroVMRef, directory: String, onExit: @escaping @Sendable () -> Void) -> Bool
+    /// Where the VM's serial console is logged.
+    func consoleLogPath(directory: String) -> String
 }

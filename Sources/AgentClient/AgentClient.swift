@@ -1,0 +1,166 @@
+import FlintlockAPI
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import SwiftProtobuf
+import Yams
+
+/// A client for a host agent's API (Flintlock's MicroVM service and Liquid Metal's additions),
+/// shared by lmctl, the Cluster API provider and the CI runner service.
+public final class AgentClient: Sendable {
+    public typealias MicroVM = Flintlock_Types_MicroVM
+    public typealias MicroVMSpec = Flintlock_Types_MicroVMSpec
+
+    let client: GRPCClient<HTTP2ClientTransport.Posix>
+    let runTask: Task<Void, Never>
+    public let address: String
+
+    /// Connects to `address`: `host:port`, or `unix:///path/to/socket`. With `token`, every call
+    /// carries `authorization: Basic <base64(token)>`.
+    public init(address: String, token: String? = nil) throws {
+        self.address = address
+        let target: any ResolvableTarget
+        if address.hasPrefix("unix://") {
+            target = .unixDomainSocket(path: String(address.dropFirst("unix://".count)), authority: "localhost")
+        } else {
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+                throw RPCError(code: .invalidArgument, message: "agent address \"\(address)\" is not host:port or unix:///path")
+            }
+            let host = String(address[..<colon])
+            target = .dns(host: host.isEmpty ? "localhost" : host, port: port)
+        }
+        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext)
+        var interceptors: [any ClientInterceptor] = []
+        if let token, !token.isEmpty { interceptors.append(BasicAuthClientInterceptor(token: token)) }
+        let client = GRPCClient(transport: transport, interceptors: interceptors)
+        self.client = client
+        self.runTask = Task { try? await client.runConnections() }
+    }
+
+    deinit { client.beginGracefulShutdown() }
+
+    public func close() { client.beginGracefulShutdown() }
+
+    var microvms: Microvm_Services_Api_V1alpha1_MicroVM.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
+    var events: Liquidmetal_Agent_V1_MicroVMEvents.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
+
+    static var options: CallOptions {
+        var o = CallOptions.defaults
+        o.timeout = .seconds(30)
+        return o
+    }
+
+    public func create(_ spec: MicroVMSpec) async throws -> MicroVM {
+        try await microvms.createMicroVM(.with { $0.microvm = spec }, options: Self.options).microvm
+    }
+
+    public func get(uid: String) async throws -> MicroVM {
+        try await microvms.getMicroVM(.with { $0.uid = uid }, options: Self.options).microvm
+    }
+
+    public func list(namespace: String = "", name: String? = nil) async throws -> [MicroVM] {
+        try await microvms.listMicroVMs(.with {
+            $0.namespace = namespace
+            if let name { $0.name = name }
+        }, options: Self.options).microvm
+    }
+
+    /// Lists through the streaming RPC.
+    public func listStream(namespace: String = "", name: String? = nil) async throws -> [MicroVM] {
+        try await microvms.listMicroVMsStream(.with {
+            $0.namespace = namespace
+            if let name { $0.name = name }
+        }, options: Self.options) { response in
+            var out: [MicroVM] = []
+            for try await m in response.messages { out.append(m.microvm) }
+            return out
+        }
+    }
+
+    public func delete(uid: String) async throws {
+        _ = try await microvms.deleteMicroVM(.with { $0.uid = uid }, options: Self.options)
+    }
+
+    /// Streams watch events (current VMs, a SYNCED marker, then changes) to `handle` until it
+    /// returns false or the stream ends.
+    public func watch(namespace: String = "", _ handle: @escaping @Sendable (Liquidmetal_Agent_V1_WatchEvent) async throws -> Bool) async throws {
+        try await events.watch(.with { $0.namespace = namespace }) { response in
+            for try await e in response.messages {
+                if try await !handle(e) { return }
+            }
+        }
+    }
+
+    /// Streams console output: the last `tailBytes` (all when 0), then new output with `follow`.
+    public func consoleLog(uid: String, tailBytes: Int64 = 0, follow: Bool = false, _ handle: @escaping @Sendable (Data) async throws -> Bool) async throws {
+        try await events.consoleLog(.with {
+            $0.uid = uid
+            $0.tailBytes = tailBytes
+            $0.follow = follow
+        }) { response in
+            for try await c in response.messages {
+                if try await !handle(c.data) { return }
+            }
+        }
+    }
+
+    /// Waits until the VM satisfies `condition` (checked by polling Get), or throws after `timeout`.
+    public func wait(uid: String, timeout: Duration, interval: Duration = .milliseconds(200), until condition: (MicroVM) -> Bool) async throws -> MicroVM {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let vm = try await get(uid: uid)
+            if condition(vm) { return vm }
+            guard ContinuousClock.now < deadline else {
+                throw RPCError(code: .deadlineExceeded, message: "microVM \(uid) did not reach the expected state within \(timeout); last state \(vm.status.state), reason: \(vm.status.failureReason)")
+            }
+            try await Task.sleep(for: interval)
+        }
+    }
+}
+
+struct BasicAuthClientInterceptor: ClientInterceptor {
+    let token: String
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingClientRequest<Input>, context: ClientContext,
+        next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+    ) async throws -> StreamingClientResponse<Output> {
+        var request = request
+        request.metadata.addString("Basic " + Data(token.utf8).base64EncodedString(), forKey: "authorization")
+        return try await next(request, context)
+    }
+}
+
+/// Reading and writing specs and VMs as JSON or YAML with the API's field names.
+public enum SpecDocuments {
+    /// Parses a MicroVMSpec from JSON or YAML text (field names as in the API: `memory_in_mb`,
+    /// or their lowerCamel JSON forms).
+    public static func spec(from text: String) throws -> Flintlock_Types_MicroVMSpec {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        var json = trimmed
+        if !trimmed.hasPrefix("{") {
+            guard let obj = try Yams.load(yaml: text) else { throw RPCError(code: .invalidArgument, message: "the spec document is empty") }
+            guard JSONSerialization.isValidJSONObject(obj) else { throw RPCError(code: .invalidArgument, message: "the spec document is not a mapping") }
+            json = String(decoding: try JSONSerialization.data(withJSONObject: obj), as: UTF8.self)
+        }
+        var opts = JSONDecodingOptions()
+        opts.ignoreUnknownFields = false
+        do {
+            return try Flintlock_Types_MicroVMSpec(jsonString: json, options: opts)
+        } catch {
+            throw RPCError(code: .invalidArgument, message: "the spec document does not match flintlock.types.MicroVMSpec: \(error)")
+        }
+    }
+
+    public static func json(_ m: some SwiftProtobuf.Message) throws -> String {
+        var o = JSONEncodingOptions()
+        o.preserveProtoFieldNames = true
+        let compact = try m.jsonString(options: o)
+        let obj = try JSONSerialization.jsonObject(with: Data(compact.utf8))
+        return String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self)
+    }
+
+    public static func yaml(_ m: some SwiftProtobuf.Message) throws -> String {
+        let obj = try JSONSerialization.jsonObject(with: Data(try json(m).utf8))
+        return try Yams.dump(object: obj, sortKeys: true)
+    }
+}

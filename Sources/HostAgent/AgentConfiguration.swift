@@ -1,0 +1,160 @@
+import Foundation
+import MicroVMCore
+import Yams
+
+/// flintlockd's settings. Each has a flag (`--grpc-endpoint`), an environment variable
+/// (`FLINTLOCKD_GRPC_ENDPOINT`) and a `config.yaml` key (`grpc-endpoint`); a flag beats the
+/// environment, which beats the file, which beats the default.
+public struct AgentConfiguration: Sendable, Equatable {
+    public var grpcEndpoint = "localhost:9090"
+    public var grpcSocket: String?
+    public var stateDir = "/var/lib/flintlock"
+    public var resyncPeriod: Duration = .seconds(600)
+    public var basicAuthToken: String?
+    public var insecure = false
+    public var tlsCert: String?
+    public var tlsKey: String?
+    public var tlsClientValidate = false
+    public var tlsClientCA: String?
+    public var containerdSocket = "/run/containerd/containerd.sock"
+    public var containerdNamespace = "flintlock"
+    public var containerdSnapshotter = "overlayfs"
+    public var firecrackerBin: String?
+    public var cloudhypervisorBin: String?
+    public var qemuBin = "qemu-system-x86_64"
+    public var qemuAccel = "auto"
+    public var defaultProvider = "qemu"
+    public var parentIface: String?
+    public var bridgeName: String?
+    public var insecureRegistries: [String] = []
+    public var registryAuthFile: String?
+    public var reconcileWorkers = 4
+    public var maxRetries = 5
+    public var maxRestarts = 5
+    public var shutdownTimeout: Duration = .seconds(10)
+    public var debug = false
+
+    public init() {}
+
+    /// Every setting: key, help text and how to apply a string value.
+    public struct Setting: Sendable {
+        public let key: String
+        public let help: String
+        let apply: @Sendable (inout AgentConfiguration, String) throws -> Void
+    }
+
+    public static let settings: [Setting] = [
+        .init(key: "grpc-endpoint", help: "TCP address the gRPC API listens on (host:port).") { $0.grpcEndpoint = $1 },
+        .init(key: "grpc-socket", help: "Also serve the gRPC API on this Unix socket path.") { $0.grpcSocket = $1 },
+        .init(key: "state-dir", help: "Directory for the state database, VM directories and the image cache.") { $0.stateDir = $1 },
+        .init(key: "resync-period", help: "How often every VM is reconciled even without changes (e.g. 10m, 30s).") { $0.resyncPeriod = try parseDuration($1, key: "resync-period") },
+        .init(key: "basic-auth-token", help: "Require clients to send 'authorization: Basic <base64(token)>'.") { $0.basicAuthToken = $1 },
+        .init(key: "insecure", help: "Serve without TLS even when a certificate is given.") { $0.insecure = try parseBool($1, key: "insecure") },
+        .init(key: "tls-cert", help: "PEM certificate (chain) for serving the API over TLS.") { $0.tlsCert = $1 },
+        .init(key: "tls-key", help: "PEM private key for --tls-cert.") { $0.tlsKey = $1 },
+        .init(key: "tls-client-validate", help: "Require client certificates signed by --tls-client-ca (mTLS).") { $0.tlsClientValidate = try parseBool($1, key: "tls-client-validate") },
+        .init(key: "tls-client-ca", help: "PEM CA bundle that signs client certificates.") { $0.tlsClientCA = $1 },
+        .init(key: "containerd-socket", help: "containerd's gRPC socket.") { $0.containerdSocket = $1 },
+        .init(key: "containerd-ns", help: "containerd namespace for the agent's images, snapshots and leases.") { $0.containerdNamespace = $1 },
+        .init(key: "containerd-snapshotter", help: "Snapshotter images are unpacked into: overlayfs, native or devmapper.") { $0.containerdSnapshotter = $1 },
+        .init(key: "firecracker-bin", help: "Firecracker binary (the firecracker provider is not available in this build).") { $0.firecrackerBin = $1 },
+        .init(key: "cloudhypervisor-bin", help: "Cloud Hypervisor binary (the cloudhypervisor provider is not available in this build).") { $0.cloudhypervisorBin = $1 },
+        .init(key: "qemu-bin", help: "QEMU binary for the qemu provider.") { $0.qemuBin = $1 },
+        .init(key: "qemu-accel", help: "QEMU acceleration: auto (KVM only if a probe guest really runs under it, else TCG), kvm or tcg.") { c, v in
+            guard ["auto", "kvm", "tcg"].contains(v) else { throw AgentError.invalid("qemu-accel", "must be auto, kvm or tcg, not \"\(v)\"") }
+            c.qemuAccel = v
+        },
+        .init(key: "default-provider", help: "VMM used when a spec names none.") { $0.defaultProvider = $1 },
+        .init(key: "parent-iface", help: "Parent interface for MACVTAP interfaces (not supported yet).") { $0.parentIface = $1 },
+        .init(key: "bridge-name", help: "Bridge that TAP interfaces join when a spec names none.") { $0.bridgeName = $1 },
+        .init(key: "insecure-registry", help: "Registry (host:port) reached over plain HTTP; repeat or separate with commas. Loopback registries always are.") { c, v in
+            c.insecureRegistries += v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        },
+        .init(key: "registry-auth-file", help: "Docker-style config.json with registry credentials ({\"auths\": {\"host\": {\"auth\": base64(user:password)}}}).") { $0.registryAuthFile = $1 },
+        .init(key: "reconcile-workers", help: "VMs reconciled concurrently.") { $0.reconcileWorkers = try parseInt($1, key: "reconcile-workers", range: 1...256) },
+        .init(key: "max-retries", help: "Failed attempts to create a VM before it is marked FAILED.") { $0.maxRetries = try parseInt($1, key: "max-retries", range: 0...1000) },
+        .init(key: "max-restarts", help: "Unexpected VMM exits (crashes, guest panics) before a VM is marked FAILED.") { $0.maxRestarts = try parseInt($1, key: "max-restarts", range: 0...1000) },
+        .init(key: "shutdown-timeout", help: "Time a guest gets to power off, then QEMU to exit on SIGTERM, before SIGKILL.") { $0.shutdownTimeout = try parseDuration($1, key: "shutdown-timeout") },
+        .init(key: "debug", help: "Log at debug level.") { $0.debug = try parseBool($1, key: "debug") },
+    ]
+
+    /// Resolves the configuration from a config file's text, the environment and flags.
+    /// `flags` maps setting keys to values given on the command line (repeatable ones joined by commas).
+    public static func resolve(configFileText: String?, environment: [String: String], flags: [String: String]) throws -> AgentConfiguration {
+        var c = AgentConfiguration()
+        var file: [String: String] = [:]
+        if let text = configFileText, !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            guard let yaml = try? Yams.load(yaml: text), let map = yaml as? [String: Any] else {
+                throw AgentError(.invalidArgument, "config file: not a YAML mapping of setting: value")
+            }
+            for (k, v) in map {
+                guard settings.contains(where: { $0.key == k }) else {
+                    throw AgentError(.invalidArgument, "config file: unknown setting \"\(k)\" (known: \(settings.map(\.key).joined(separator: ", ")))")
+                }
+                if let list = v as? [Any] { file[k] = list.map { "\($0)" }.joined(separator: ",") } else { file[k] = "\(v)" }
+            }
+        }
+        for s in settings {
+            let envKey = "FLINTLOCKD_" + s.key.uppercased().replacingOccurrences(of: "-", with: "_")
+            if let v = flags[s.key] ?? environment[envKey] ?? file[s.key] { try s.apply(&c, v) }
+        }
+        try c.validate()
+        return c
+    }
+
+    func validate() throws {
+        guard tlsCert == nil || tlsKey != nil else { throw AgentError.invalid("tls-key", "is required with --tls-cert") }
+        guard !tlsClientValidate || tlsClientCA != nil else { throw AgentError.invalid("tls-client-ca", "is required with --tls-client-validate") }
+        guard ["overlayfs", "native", "devmapper"].contains(containerdSnapshotter) else {
+            throw AgentError.invalid("containerd-snapshotter", "must be overlayfs, native or devmapper")
+        }
+        _ = try Self.hostPort(grpcEndpoint)
+        if let b = bridgeName { try Validate.interfaceName(b, field: "bridge-name") }
+    }
+
+    /// Splits `host:port`.
+    public static func hostPort(_ s: String) throws -> (String, Int) {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else {
+            throw AgentError.invalid("grpc-endpoint", "\"\(s)\" is not host:port")
+        }
+        var host = String(s[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host.isEmpty ? "0.0.0.0" : host, port)
+    }
+
+    static func parseBool(_ v: String, key: String) throws -> Bool {
+        switch v.lowercased() {
+        case "true", "1", "yes", "on", "": return true
+        case "false", "0", "no", "off": return false
+        default: throw AgentError.invalid(key, "\"\(v)\" is not true or false")
+        }
+    }
+
+    static func parseInt(_ v: String, key: String, range: ClosedRange<Int>) throws -> Int {
+        guard let n = Int(v), range.contains(n) else { throw AgentError.invalid(key, "\"\(v)\" is not a number in \(range.lowerBound)-\(range.upperBound)") }
+        return n
+    }
+
+    /// Parses Go-style durations: `1h30m`, `10m`, `30s`, `500ms`.
+    public static func parseDuration(_ v: String, key: String) throws -> Duration {
+        var total: Duration = .zero
+        var number = ""
+        var rest = Substring(v.trimmingCharacters(in: .whitespaces))
+        guard !rest.isEmpty else { throw AgentError.invalid(key, "empty duration") }
+        while !rest.isEmpty {
+            number = String(rest.prefix { $0.isNumber || $0 == "." })
+            rest = rest.dropFirst(number.count)
+            let unit = String(rest.prefix { $0.isLetter })
+            rest = rest.dropFirst(unit.count)
+            guard let n = Double(number) else { throw AgentError.invalid(key, "\"\(v)\" is not a duration like 10m or 30s") }
+            switch unit {
+            case "h": total += .milliseconds(Int64(n * 3_600_000))
+            case "m": total += .milliseconds(Int64(n * 60_000))
+            case "s": total += .milliseconds(Int64(n * 1000))
+            case "ms": total += .milliseconds(Int64(n))
+            default: throw AgentError.invalid(key, "\"\(v)\" is not a duration like 10m or 30s")
+            }
+        }
+        return total
+    }
+}

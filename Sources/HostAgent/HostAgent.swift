@@ -1,0 +1,128 @@
+import ContainerdImages
+import FlintlockAPI
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import HostNetwork
+import HostSystem
+import Logging
+import MicroVMCore
+import MicroVMStore
+import QEMUProvider
+import ServiceLifecycle
+
+/// The host agent: the gRPC API, the reconciler and the supervisor over one host's microVMs.
+/// Runs until cancelled (a graceful shutdown leaves VMs running; they are adopted on restart).
+public final class HostAgent: Service {
+    public let configuration: AgentConfiguration
+    public let store: StateStore
+    public let reconciler: Reconciler
+    public let service: MicroVMService
+    let images: ContainerdImageService
+    let vmm: QEMUVMM
+    let logger: Logger
+
+    public static func make(configuration c: AgentConfiguration, logger: Logger) async throws -> HostAgent {
+        try HostFiles.createDirectory(c.stateDir)
+        try HostFiles.createDirectory("\(c.stateDir)/vm")
+        let repo = try SQLiteMicroVMRepository(path: "\(c.stateDir)/flintlock.db")
+        var registry = RegistryConfig(plainHTTP: Set(c.insecureRegistries))
+        if let f = c.registryAuthFile { registry.credentials = try RegistryConfig.loadCredentials(dockerConfigAt: f) }
+        let images = try ContainerdImageService(
+            socketPath: c.containerdSocket, namespace: c.containerdNamespace, snapshotter: c.containerdSnapshotter,
+            cacheDirectory: "\(c.stateDir)/images", registry: registry, logger: logger)
+        let qemuPath: String
+        do { qemuPath = try HostProcess.resolveExecutable(c.qemuBin) } catch {
+            throw AgentError(.failedPrecondition, "QEMU binary \(c.qemuBin) not found (install qemu-system-x86 or set --qemu-bin)")
+        }
+        let accel = await QEMUAcceleration.choose(requested: c.qemuAccel, binary: qemuPath, workDirectory: "\(c.stateDir)/probe", logger: logger)
+        let vmm = QEMUVMM(binary: qemuPath, accelerator: accel, shutdownTimeout: c.shutdownTimeout, logger: logger)
+        return HostAgent(configuration: c, repository: repo, images: images, vmm: vmm, logger: logger)
+    }
+
+    init(configuration c: AgentConfiguration, repository: any MicroVMRepository, images: ContainerdImageService, vmm: QEMUVMM, logger: Logger) {
+        self.configuration = c
+        self.images = images
+        self.vmm = vmm
+        self.logger = logger
+        let store = StateStore(repository: repository)
+        self.store = store
+        var settings = ReconcilerSettings(stateDirectory: c.stateDir)
+        settings.workers = c.reconcileWorkers
+        settings.maxRetries = c.maxRetries
+        settings.maxRestarts = c.maxRestarts
+        settings.resyncPeriod = c.resyncPeriod
+        let reconciler = Reconciler(store: store, images: images, network: TapNetwork(logger: logger), vmm: vmm, settings: settings, logger: logger)
+        self.reconciler = reconciler
+        let policy = SpecPolicy(defaultProvider: c.defaultProvider, availableProviders: ["qemu"], defaultBridge: c.bridgeName)
+        self.service = MicroVMService(store: store, reconciler: reconciler, images: images, policy: policy, logger: logger)
+    }
+
+    var grpcServices: [any RegistrableRPCService] {
+        let vmm = self.vmm
+        let reconciler = self.reconciler
+        return [
+            MicroVMGRPCService(service: service),
+            EventsGRPCService(service: service, store: store, consolePath: { vm in vmm.consoleLogPath(directory: reconciler.directory(of: vm.ref)) }),
+        ]
+    }
+
+    var interceptors: [any ServerInterceptor] {
+        guard let token = configuration.basicAuthToken, !token.isEmpty else { return [] }
+        return [BasicAuthInterceptor(token: token)]
+    }
+
+    func transportSecurity() -> HTTP2ServerTransport.Posix.TransportSecurity {
+        let c = configuration
+        guard !c.insecure, let cert = c.tlsCert, let key = c.tlsKey else { return .plaintext }
+        if c.tlsClientValidate, let ca = c.tlsClientCA {
+            return .mTLS(certificateChain: [.file(path: cert, format: .pem)], privateKey: .file(path: key, format: .pem)) {
+                $0.trustRoots = .certificates([.file(path: ca, format: .pem)])
+            }
+        }
+        return .tls(certificateChain: [.file(path: cert, format: .pem)], privateKey: .file(path: key, format: .pem))
+    }
+
+    /// Serves the API and reconciles until the task is cancelled or a graceful shutdown is requested.
+    public func run() async throws {
+        let (host, port) = try AgentConfiguration.hostPort(configuration.grpcEndpoint)
+        var servers: [GRPCServer<HTTP2ServerTransport.Posix>] = [
+            GRPCServer(
+                transport: HTTP2ServerTransport.Posix(address: .ipv4(host: host == "localhost" ? "127.0.0.1" : host, port: port), transportSecurity: transportSecurity()),
+                services: grpcServices, interceptors: interceptors)
+        ]
+        if let socket = configuration.grpcSocket {
+            try HostFiles.remove(socket)
+            servers.append(GRPCServer(
+                transport: HTTP2ServerTransport.Posix(address: .unixDomainSocket(path: socket), transportSecurity: .plaintext),
+                services: grpcServices, interceptors: interceptors))
+        }
+        do {
+            let version = try await images.connection.serverVersion()
+            logger.info("containerd reachable", metadata: ["socket": "\(configuration.containerdSocket)", "version": "\(version)"])
+        } catch {
+            logger.warning("containerd is not reachable yet; creates fail with UNAVAILABLE until it is: \(error)")
+        }
+        logger.info("flintlockd serving", metadata: [
+            "grpc-endpoint": "\(configuration.grpcEndpoint)", "state-dir": "\(configuration.stateDir)",
+            "accelerator": "\(vmm.accelerator)", "auth": "\(configuration.basicAuthToken == nil ? "none" : "basic")",
+        ])
+        let allServers = servers
+        let reconcileTask = Task { await reconciler.run() }
+        defer { reconcileTask.cancel() }
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                for s in allServers { group.addTask { try await s.serve() } }
+            }
+        } onGracefulShutdown: {
+            for s in allServers { s.beginGracefulShutdown() }
+        }
+        reconcileTask.cancel()
+        await reconcileTask.value
+        await images.shutdown()
+        logger.info("flintlockd stopped; microVMs keep running and are adopted on the next start")
+    }
+
+    /// The address the TCP server listens on, for tests that use port 0.
+    public var description: String { "HostAgent(\(configuration.grpcEndpoint))" }
+}

@@ -1,0 +1,65 @@
+import Foundation
+import Logging
+import MicroVMCore
+
+/// The agent's use cases, free of any transport: create, get, list, delete.
+public final class MicroVMService: Sendable {
+    let store: StateStore
+    let reconciler: Reconciler
+    let images: any ImageService
+    let policy: SpecPolicy
+    let logger: Logger
+
+    public init(store: StateStore, reconciler: Reconciler, images: any ImageService, policy: SpecPolicy, logger: Logger) {
+        self.store = store
+        self.reconciler = reconciler
+        self.images = images
+        self.policy = policy
+        self.logger = logger
+    }
+
+    /// Validates and stores a new VM (state PENDING, a fresh ULID, timestamps set) and queues it.
+    /// Any uid in the request is ignored. UNAVAILABLE when containerd cannot be reached.
+    public func create(_ requested: MicroVMSpec) async throws -> MicroVM {
+        let spec = try requested.normalized(policy: policy)
+        try await images.checkAvailable()
+        let now = Date()
+        let vm = MicroVM(uid: ULID.make(date: now), spec: spec, status: MicroVMStatus(state: .pending), createdAt: now, updatedAt: now)
+        let stored = try store.insert(vm)
+        logger.info("microVM accepted", metadata: ["uid": "\(vm.uid)", "namespace": "\(spec.namespace)", "name": "\(spec.name)"])
+        reconciler.enqueue(stored.uid)
+        return stored
+    }
+
+    public func get(uid: String) throws -> MicroVM {
+        try Self.checkUID(uid)
+        guard let vm = try store.get(uid: uid) else { throw AgentError(.notFound, "microVM \(uid) not found") }
+        return vm
+    }
+
+    public func list(namespace: String, name: String?) throws -> [MicroVM] {
+        try store.list(namespace: namespace.isEmpty ? nil : namespace, name: name)
+    }
+
+    /// Marks the VM DELETING and queues its removal; returns at once.
+    public func delete(uid: String) throws {
+        try Self.checkUID(uid)
+        let vm = try store.mutate(uid: uid) { v in
+            guard v.status.state != .deleting else { return false }
+            v.status.state = .deleting
+            v.status.retry = 0
+            v.deletedAt = Date()
+            return true
+        }
+        guard vm != nil else { throw AgentError(.notFound, "microVM \(uid) not found") }
+        logger.info("microVM delete requested", metadata: ["uid": "\(uid)"])
+        reconciler.enqueue(uid)
+    }
+
+    static func checkUID(_ uid: String) throws(AgentError) {
+        guard !uid.isEmpty else { throw .invalid("uid", "is required") }
+        guard uid.count <= 64, uid.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+            throw .invalid("uid", "\"\(uid)\" is not a microVM uid")
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import Foundation
+import HostSystem
+import Logging
+import MicroVMCore
+
+/// TAP devices on Linux bridges, managed with iproute2. Each TAP carries an alias naming its VM
+/// (`liquidmetal <namespace>/<name>/<uid> <device_id>`) so a leftover can be traced.
+public final class TapNetwork: NetworkService {
+    let logger: Logger
+    public init(logger: Logger) { self.logger = logger }
+
+    static func sysfs(_ name: String) -> String { "/sys/class/net/\(name)" }
+
+    public func interfaceExists(name: String) async throws -> Bool {
+        HostFiles.exists(Self.sysfs(name))
+    }
+
+    public func ensureTap(name: String, bridge: String, guestMAC: String, for vm: MicroVMRef) async throws -> InterfaceStatus {
+        guard HostFiles.exists("\(Self.sysfs(bridge))/bridge") else {
+            if HostFiles.exists(Self.sysfs(bridge)) {
+                throw AgentError(.failedPrecondition, "\(bridge) exists on this host but is not a bridge")
+            }
+            throw AgentError(.failedPrecondition, "bridge \(bridge) does not exist on this host (create it, or name another with overrides.bridge_name / --bridge-name)")
+        }
+        if !HostFiles.exists(Self.sysfs(name)) {
+            try await HostProcess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+            logger.info("created tap", metadata: ["uid": "\(vm.uid)", "tap": "\(name)", "bridge": "\(bridge)"])
+        } else if !HostFiles.exists("\(Self.sysfs(name))/tun_flags") {
+            throw AgentError(.failedPrecondition, "host device \(name) exists and is not a TAP device")
+        }
+        try await HostProcess.run(["ip", "link", "set", "dev", name, "alias", "liquidmetal \(vm) \(name)"])
+        let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(Self.sysfs(name))/master")).map { ($0 as NSString).lastPathComponent }
+        if master != bridge {
+            try await HostProcess.run(["ip", "link", "set", "dev", name, "master", bridge])
+        }
+        try await HostProcess.run(["ip", "link", "set", "dev", name, "up"])
+        let index = Int((try? String(contentsOfFile: "\(Self.sysfs(name))/ifindex", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        return InterfaceStatus(hostDeviceName: name, index: index, macAddress: guestMAC)
+    }
+
+    public func deleteInterface(name: String) async throws {
+        guard HostFiles.exists(Self.sysfs(name)) else { return }
+        try await HostProcess.run(["ip", "link", "del", "dev", name])
+        logger.info("deleted tap", metadata: ["tap": "\(name)"])
+    }
+}
