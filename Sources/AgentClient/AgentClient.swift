@@ -161,6 +161,22 @@ public enum SpecDocuments {
 
     public static func yaml(_ m: some SwiftProtobuf.Message) throws -> String {
         let obj = try JSONSerialization.jsonObject(with: Data(try json(m).utf8))
-        return try Yams.dump(object: obj, sortKeys: true)
+        return try Yams.dump(object: integral(obj), sortKeys: true)
+    }
+
+    /// JSONSerialization yields NSNumber for every number; keep whole numbers integers in YAML.
+    static func integral(_ v: Any) -> Any {
+        if let d = v as? [String: Any] { return d.mapValues(integral) }
+        if let a = v as? [Any] { return a.map(integral) }
+        if let n = v as? NSNumber {
+            switch String(cString: n.objCType) {
+            case "c", "B": return n.boolValue
+            case "d", "f":
+                if n.doubleValue == n.doubleValue.rounded() && abs(n.doubleValue) < 1e15 { return n.int64Value }
+                return n.doubleValue
+            default: return n.int64Value
+            }
+        }
+        return v
     }
 }

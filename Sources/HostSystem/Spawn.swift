@@ -123,6 +123,9 @@ public enum HostProcess {
             }
         }
         for fd in closeInChild { posix_spawn_file_actions_addclose(&actions, fd) }
+        // Nothing but stdio crosses into the child: a long-lived child (QEMU) must not hold the
+        // agent's listening sockets or database open after the agent exits.
+        closeInheritedDescriptors(&actions, keep: [stdin, stdout, stderr].compactMap { $0 } + closeInChild)
         var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
         if newSession { flags |= 0x80 }  // POSIX_SPAWN_SETSID (glibc; hidden behind _GNU_SOURCE)
         posix_spawnattr_setflags(&attr, Int16(flags))
@@ -145,6 +148,21 @@ public enum HostProcess {
         let rc = posix_spawn(&pid, executable, &actions, &attr, cArgs, cEnv)
         guard rc == 0 else { throw SpawnError(executable: argv[0], errno: rc) }
         return pid
+    }
+
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), looked up at run time because
+    /// the Swift Glibc module does not export it.
+    nonisolated(unsafe) static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+        guard let sym = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }  // RTLD_DEFAULT
+        return unsafeBitCast(sym, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
+
+    static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t, keep: [Int32]) {
+        // dup2 targets 0-2 are set up first; sources above 2 are only read by dup2, which runs in
+        // order before the close-from action, so closing everything from 3 is safe.
+        if let closeFrom = addCloseFrom, closeFrom(&actions, 3) == 0 { return }
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.compactMap { Int32($0) } ?? []
+        for fd in fds where fd > 2 && !keep.contains(fd) { posix_spawn_file_actions_addclose(&actions, fd) }
     }
 
     /// Finds `name` on PATH (or returns it when it contains a slash).

@@ -5,6 +5,7 @@ import Foundation
 import GRPCCore
 
 /// lmctl: the Liquid Metal command line for host agents.
+@main
 struct LMCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lmctl",
@@ -241,4 +242,3 @@ struct Logs: AsyncParsableCommand {
     }
 }
 
-await LMCtl.main()

@@ -5,6 +5,7 @@ import Logging
 import ServiceLifecycle
 
 /// flintlockd: the Liquid Metal host agent (Flintlock-compatible gRPC API, QEMU microVMs).
+@main
 struct Flintlockd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flintlockd",
@@ -137,4 +138,3 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-await Flintlockd.main()
