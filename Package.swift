@@ -141,7 +141,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem"]
+            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd"]
         ),
     ],
     swiftLanguageModes: [.v6]

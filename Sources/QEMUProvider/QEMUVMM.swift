@@ -26,7 +26,8 @@ public final class QEMUVMM: VMMProvider {
     }
 
     public var defaultCmdline: [(String, String)] {
-        var c: [(String, String)] = [("console", "ttyS0"), ("reboot", "k"), ("panic", "-1"), ("root", "/dev/vda"), ("rw", "")]
+        // reboot=t (triple fault): with -no-reboot QEMU then exits; reboot=k on microvm rebooted once in place (measured).
+        var c: [(String, String)] = [("console", "ttyS0"), ("reboot", "t"), ("panic", "-1"), ("root", "/dev/vda"), ("rw", "")]
         // The microvm machine has no HPET or PM timer; under TCG the TSC must be trusted or the
         // guest may hang calibrating it (see shared/notes/microvms-on-these-machines.md).
         if accelerator == "tcg" { c += [("tsc_early_khz", "2000000"), ("tsc", "reliable")] }
@@ -149,15 +150,22 @@ public final class QEMUVMM: VMMProvider {
     /// guest's own power-off, or QEMU's exit status.
     public func exitReason(directory dir: String) -> String? {
         let exit = (try? String(contentsOfFile: Self.exitFile(dir), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-        let consoleTail = String(decoding: HostFiles.tail(Self.consoleLog(dir), maxBytes: 16384) ?? Data(), as: UTF8.self)
-        if let line = consoleTail.split(separator: "\n").last(where: { $0.contains("Kernel panic") }) {
-            return "guest kernel panic: \(line.trimmingCharacters(in: .whitespacesAndNewlines))"
+        if let line = Self.lastBootPanic(consoleTail: HostFiles.tail(Self.consoleLog(dir), maxBytes: 65536) ?? Data()) {
+            return "guest kernel panic: \(line)"
         }
         if let exit, !exit.isEmpty {
             let log = String(decoding: HostFiles.tail(Self.vmmLog(dir), maxBytes: 500) ?? Data(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             return "qemu \(exit)" + (log.isEmpty ? "" : ": \(log.split(separator: "\n").last ?? "")")
         }
         return nil
+    }
+
+    /// The kernel's panic line from the last boot on a console log, if it panicked. Serial lines end
+    /// in CR LF (one Character in Swift), so lines are split on both.
+    static func lastBootPanic(consoleTail: Data) -> String? {
+        let lines = String(decoding: consoleTail, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+        let lastBoot = lines.lastIndex(where: { $0.contains("Linux version") }) ?? lines.startIndex
+        return lines[lastBoot...].last(where: { $0.contains("Kernel panic") }).map { $0.trimmingCharacters(in: .whitespaces) }
     }
 
     public func stop(_ ref: MicroVMRef, directory dir: String) async throws {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Liquid Metal needs to build, run and test (as root).
+# The Swift toolchain itself is expected to be installed already.
+set -euo pipefail
+packages=(
+  qemu-system-x86 qemu-utils      # the VMM and qemu-img (qcow2 overlays)
+  containerd                      # image store: content, snapshots, leases
+  docker-registry                 # loopback registry for the quickstart and tests
+  skopeo umoci                    # building and pushing the fixture OCI images
+  e2fsprogs                       # mkfs.ext4 -d: volume images from snapshots
+  busybox-static cpio             # fixture initrd and root filesystem
+  iproute2 iputils-ping           # TAP devices and bridges; ping in tests
+  curl ca-certificates            # registry readiness probes
+  libsqlite3-dev                  # SQLite for the state database (GRDB)
+  util-linux procps kmod xz-utils zstd
+)
+if [ "$(id -u)" != 0 ]; then echo "install-deps.sh: run as root (apt-get install)" >&2; exit 1; fi
+missing=()
+for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+# apt lists are needed anyway: the fixture build downloads the Debian cloud kernel package.
+apt-get update -qq
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps.sh: installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
