@@ -16,6 +16,10 @@ public final class ContainerdImageService: ImageService {
     let puller: ImagePuller
     let logger: Logger
     let pulls = SingleFlight<PulledImage>()
+    /// Images this agent pulled (reference → image), re-validated by one snapshot stat on use.
+    let known = LockedMap<PulledImage>()
+    /// (lease, manifest) pairs already added to a lease.
+    let held = LockedSet()
     let materialize = SingleFlight<String>()
 
     public init(socketPath: String, namespace: String, snapshotter: String, cacheDirectory: String, registry: RegistryConfig, logger: Logger) throws {
@@ -42,8 +46,19 @@ public final class ContainerdImageService: ImageService {
         let ref: ImageReference
         do { ref = try ImageReference(parsing: reference) } catch { throw error }
         let lease = try await ensureLease(for: vm)
-        let image = try await pulls.run(key: ref.description) { try await self.puller.pull(ref, lease: lease) }
-        try await hold(image, lease: lease)
+        let image: PulledImage
+        if let known = known.get(ref.description), try await puller.snapshotExists(known.topChainID) {
+            image = known  // pulled earlier by this agent and still unpacked: one round trip
+        } else {
+            image = try await pulls.run(key: ref.description) { try await self.puller.pull(ref, lease: lease) }
+            known.set(ref.description, image)
+        }
+        if held.insert("\(lease) \(image.manifest.digest)") {
+            do { try await hold(image, lease: lease) } catch {
+                held.remove("\(lease) \(image.manifest.digest)")
+                throw error
+            }
+        }
         return image
     }
 
@@ -110,13 +125,19 @@ public final class ContainerdImageService: ImageService {
         var resources: [(String, String)] = [(image.manifest.digest, "content"), (image.config.digest, "content")]
         resources += image.layers.map { ($0.digest, "content") }
         resources += image.chainIDs.map { ($0, "snapshots/\(snapshotter)") }
-        for (id, type) in resources {
-            try await connection.call("leases add resource") {
-                _ = try await connection.leases.addResource(.with {
-                    $0.id = lease
-                    $0.resource = .with { r in r.id = id; r.type = type }
-                }, metadata: connection.metadata(), options: ContainerdConnection.options())
+        let connection = self.connection
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (id, type) in resources {
+                group.addTask {
+                    try await connection.call("leases add resource") {
+                        _ = try await connection.leases.addResource(.with {
+                            $0.id = lease
+                            $0.resource = .with { r in r.id = id; r.type = type }
+                        }, metadata: connection.metadata(), options: ContainerdConnection.options())
+                    }
+                }
             }
+            try await group.waitForAll()
         }
     }
 
@@ -130,6 +151,7 @@ public final class ContainerdImageService: ImageService {
 
     public func releaseLease(for vm: MicroVMRef) async throws {
         let id = Self.leaseID(for: vm)
+        held.removeAll(prefix: id + " ")
         try await connection.call("leases delete") {
             do {
                 _ = try await connection.leases.delete(.with { $0.id = id }, metadata: connection.metadata(), options: ContainerdConnection.options())
@@ -162,6 +184,21 @@ public final class ContainerdImageService: ImageService {
             throw error
         }
     }
+}
+
+final class LockedMap<V: Sendable>: @unchecked Sendable {
+    private var values: [String: V] = [:]
+    private let lock = NSLock()
+    func get(_ k: String) -> V? { lock.withLock { values[k] } }
+    func set(_ k: String, _ v: V) { lock.withLock { values[k] = v } }
+}
+
+final class LockedSet: @unchecked Sendable {
+    private var values: Set<String> = []
+    private let lock = NSLock()
+    func insert(_ v: String) -> Bool { lock.withLock { values.insert(v).inserted } }
+    func remove(_ v: String) { lock.withLock { _ = values.remove(v) } }
+    func removeAll(prefix: String) { lock.withLock { values = values.filter { !$0.hasPrefix(prefix) } } }
 }
 
 /// Runs one task per key at a time; concurrent callers with the same key share its result.

@@ -22,18 +22,19 @@ public final class TapNetwork: NetworkService {
             }
             throw AgentError(.failedPrecondition, "bridge \(bridge) does not exist on this host (create it, or name another with overrides.bridge_name / --bridge-name)")
         }
+        var commands: [String] = []
         if !HostFiles.exists(Self.sysfs(name)) {
-            try await HostProcess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
-            logger.info("created tap", metadata: ["uid": "\(vm.uid)", "tap": "\(name)", "bridge": "\(bridge)"])
+            commands.append("tuntap add dev \(name) mode tap")
         } else if !HostFiles.exists("\(Self.sysfs(name))/tun_flags") {
             throw AgentError(.failedPrecondition, "host device \(name) exists and is not a TAP device")
         }
-        try await HostProcess.run(["ip", "link", "set", "dev", name, "alias", "liquidmetal \(vm) \(name)"])
         let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(Self.sysfs(name))/master")).map { ($0 as NSString).lastPathComponent }
-        if master != bridge {
-            try await HostProcess.run(["ip", "link", "set", "dev", name, "master", bridge])
-        }
-        try await HostProcess.run(["ip", "link", "set", "dev", name, "up"])
+        commands.append("link set dev \(name) alias \"liquidmetal \(vm) \(name)\"")
+        if master != bridge { commands.append("link set dev \(name) master \(bridge)") }
+        commands.append("link set dev \(name) up")
+        // One iproute2 process for all of it.
+        try await HostProcess.run(["ip", "-batch", "-"], input: commands.joined(separator: "\n") + "\n")
+        logger.info("tap ready", metadata: ["uid": "\(vm.uid)", "tap": "\(name)", "bridge": "\(bridge)"])
         let index = Int((try? String(contentsOfFile: "\(Self.sysfs(name))/ifindex", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
         return InterfaceStatus(hostDeviceName: name, index: index, macAddress: guestMAC)
     }

@@ -315,7 +315,14 @@ struct SpecRejectionTests {
 
     @Test("validate() on a spec that was not normalized insists on a kernel filename")
     func validateNeedsDefaults() {
-        expectAgentError(.invalidArgument, field: "kernel.filename") { try validSpec().validate(policy: SpecPolicy()) }
+        var s = validSpec()
+        s.namespace = "default"
+        s.vcpu = 1
+        s.memoryInMB = 128
+        s.provider = "qemu"
+        expectAgentError(.invalidArgument, field: "kernel.filename") { try s.validate(policy: SpecPolicy()) }
+        s.kernel.filename = "boot/vmlinuz"
+        #expect(throws: Never.self) { try s.validate(policy: SpecPolicy()) }
     }
 
     @Test("AgentError.invalid prefixes the field, description shows the code")
