@@ -129,11 +129,11 @@ let package = Package(
             dependencies: ["HostSystem", "AgentClient"],
             path: "Tests/TestSupport"
         ),
-        .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore"]),
+        .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(
             name: "ContainerdImagesTests",
-            dependencies: ["ContainerdImages", "MicroVMCore", "TestSupport", "HostSystem"]
+            dependencies: ["ContainerdImages", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "HostAgentTests",

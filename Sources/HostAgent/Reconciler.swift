@@ -336,10 +336,21 @@ public final class Reconciler: Sendable {
         guard !stopping.load(ordering: .relaxed) else { return }
         Task {
             guard let vm = try? store.get(uid: ref.uid), vm.status.state == .created || vm.status.state == .pending else { return }
-            let st = await vmm.state(of: ref, directory: dir)
-            if isRunning(st) { return }  // a new VMM is already up
-            let reason = exitReason(st)
-            do { try recordExit(uid: ref.uid, reason: reason) } catch { logger.error("cannot record VMM exit: \(error)") }
+            // QEMU closes its QMP socket just before its process ends, and the reaper writes the
+            // exit status just after: measure once the process is gone and the reason is known.
+            let deadline = ContinuousClock.now + .seconds(5)
+            var st = await vmm.state(of: ref, directory: dir)
+            while ContinuousClock.now < deadline {
+                if case .exited = st { break }
+                if case .running = st {
+                    // A new VMM is up (or the socket closed without an exit): keep watching it.
+                    watch(ref, directory: dir)
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(50))
+                st = await vmm.state(of: ref, directory: dir)
+            }
+            do { try recordExit(uid: ref.uid, reason: exitReason(st)) } catch { logger.error("cannot record VMM exit: \(error)") }
         }
     }
 

@@ -65,7 +65,7 @@ public struct ImageReference: Sendable, Hashable, CustomStringConvertible {
     static func isDigest(_ d: String) -> Bool {
         let parts = d.split(separator: ":", maxSplits: 1)
         guard parts.count == 2, parts[0] == "sha256", parts[1].count == 64 else { return false }
-        return parts[1].allSatisfy { $0.isHexDigit && !$0.isUppercase }
+        return parts[1].allSatisfy { $0.isASCII && $0.isHexDigit && !$0.isUppercase }
     }
 
     static func isTag(_ t: String) -> Bool {
@@ -77,7 +77,7 @@ public struct ImageReference: Sendable, Hashable, CustomStringConvertible {
         let parts = h.split(separator: ":", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), !parts[0].isEmpty else { return false }
         guard parts[0].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-".contains($0)) }) else { return false }
-        if parts.count == 2 { return UInt16(parts[1]) != nil }
+        if parts.count == 2 { return !parts[1].isEmpty && parts[1].allSatisfy { $0.isASCII && $0.isNumber } && UInt16(parts[1]) != nil }
         return true
     }
 

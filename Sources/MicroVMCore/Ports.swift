@@ -2,7 +2,8 @@ import Foundation
 
 /// Where the agent keeps microVMs. Every write is one transaction.
 public protocol MicroVMRepository: Sendable {
-    /// Stores a new VM. Throws ALREADY_EXISTS when a live VM has the same namespace and name.
+    /// Stores a new VM. Throws ALREADY_EXISTS when a VM with the same namespace and name exists,
+    /// including one still being deleted (its name is free once it is gone).
     func insert(_ vm: MicroVM) throws -> MicroVM
     func get(uid: String) throws -> MicroVM?
     /// VMs in `namespace` (all when nil), optionally only those called `name`.

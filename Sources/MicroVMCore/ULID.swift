@@ -11,7 +11,10 @@ public enum ULID {
     }
 
     public static func make<R: RandomNumberGenerator>(date: Date, using rng: inout R) -> String {
-        let millis = UInt64(max(0, date.timeIntervalSince1970 * 1000))
+        // Round to whole microseconds first: Date counts seconds since 2001 as a Double, so the
+        // product can fall just below a whole millisecond.
+        let micros = (max(0, date.timeIntervalSince1970) * 1_000_000).rounded()
+        let millis = UInt64(micros) / 1000
         var bytes = [UInt8](repeating: 0, count: 16)
         for i in 0..<6 { bytes[i] = UInt8(truncatingIfNeeded: millis >> (8 * UInt64(5 - i))) }
         for i in 6..<16 { bytes[i] = UInt8.random(in: 0...255, using: &rng) }

@@ -103,6 +103,7 @@ extension MicroVMSpec {
                 throw .invalid("additional_volumes[\(i)].id", "\"\(v.id)\" is used by another volume")
             }
         }
+        guard interfaces.count <= 32 else { throw .invalid("interfaces", "\(interfaces.count) interfaces; at most 32 are supported") }
         var deviceIDs: Set<String> = []
         var macs: Set<String> = []
         for (i, iface) in interfaces.enumerated() {
@@ -175,7 +176,7 @@ public enum Validate {
     /// A unicast MAC address `aa:bb:cc:dd:ee:ff`.
     public static func mac(_ s: String, field: String) throws(AgentError) {
         let parts = s.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && $0.allSatisfy { $0.isASCII && $0.isHexDigit } }) else {
             throw .invalid(field, "\"\(s)\" is not a MAC address like 02:00:00:00:00:01")
         }
         guard let b = UInt8(parts[0], radix: 16), b & 1 == 0 else { throw .invalid(field, "\(s) is a multicast address") }

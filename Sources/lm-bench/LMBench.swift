@@ -55,6 +55,18 @@ struct LMBench: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(2))
         let idleRSS = HostProcess.residentBytes(of: pid) ?? 0
 
+        do {
+            try await measure(client: client, agentPID: pid, idleRSS: idleRSS, state: state)
+        } catch {
+            // Leave no VMs behind: the agent removes their QEMU, TAPs and leases.
+            for vm in (try? await client.list(namespace: "bench")) ?? [] { try? await client.delete(uid: vm.spec.uid) }
+            for _ in 0..<100 where !((try? await client.list(namespace: "bench"))?.isEmpty ?? true) { try? await Task.sleep(for: .milliseconds(100)) }
+            _ = try? await HostProcess.run(["ip", "link", "del", byHandTap])
+            throw error
+        }
+    }
+
+    func measure(client: AgentClient, agentPID pid: pid_t, idleRSS: Int, state: String) async throws {
         func spec(_ name: String) -> Flintlock_Types_MicroVMSpec {
             .with {
                 $0.id = name

@@ -103,18 +103,11 @@ struct ImageReferenceTests {
         "sha256:" + String(repeating: "\u{FF10}", count: 64),
     ])
     func digestMustBeASCII(_ d: String) {
-        // BUG: ImageReference.isDigest tests `Character.isHexDigit`, which is also true for the
-        // fullwidth digits and letters (U+FF10-FF19, U+FF21-FF26, U+FF41-FF46).
-        withKnownIssue("ImageReference accepts digests written with fullwidth hex characters") {
-            #expect(throws: AgentError.self) { try ImageReference(parsing: "busybox@" + d) }
-        }
+        #expect(throws: AgentError.self) { try ImageReference(parsing: "busybox@" + d) }
     }
 
     @Test("a registry port must be plain digits")
     func registryPortDigitsOnly() {
-        // BUG: ImageReference.isHostPort checks the port with `UInt16(String)`, which accepts a sign.
-        withKnownIssue("ImageReference accepts a registry port written \"+5000\"") {
-            #expect(throws: AgentError.self) { try ImageReference(parsing: "registry.local:+5000/x") }
-        }
+        #expect(throws: AgentError.self) { try ImageReference(parsing: "registry.local:+5000/x") }
     }
 }

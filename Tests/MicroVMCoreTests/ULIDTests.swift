@@ -70,15 +70,8 @@ struct ULIDTests {
         32, 156_789_673_751, 1_085_727_717_485, 2_153_457_705_022,
     ] as [UInt64])
     func wholeMillisecondDates(millis: UInt64) throws {
-        // BUG: ULID.make computes `UInt64(date.timeIntervalSince1970 * 1000)`, which truncates.
-        // Date stores seconds since 2001, so `Date(timeIntervalSince1970: 0.032).timeIntervalSince1970`
-        // is 0.0319999456..., and the ULID says 31 ms. Rounding to whole microseconds before
-        // dividing by 1000 would fix it. (Not seen for instants in 2020-2030 in a 100k sample, but
-        // about 1 in 6 whole-millisecond instants before 2001 and some after 2030 come out 1 ms early.)
         let decoded = try decodeTimePrefix(ULID.make(date: date(millis: millis)))
-        withKnownIssue("ULID time prefix truncates a floating-point product and can be 1 ms early") {
-            #expect(decoded == millis)
-        }
+        #expect(decoded == millis)
     }
 
     @Test("ULID.make() uses the current time")

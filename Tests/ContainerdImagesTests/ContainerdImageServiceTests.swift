@@ -1,0 +1,127 @@
+import ContainerdImages
+import Foundation
+import HostSystem
+import Logging
+import MicroVMCore
+import Testing
+import TestSupport
+
+/// The containerd adapter against a real containerd and a real registry.
+@Suite("containerd image service", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd and a registry (always runs in CI)"))
+struct ContainerdImageServiceTests {
+    func makeService(_ env: TestEnvironment, snapshotter: String = "overlayfs", namespace: String, registry: RegistryConfig = RegistryConfig()) throws -> (ContainerdImageService, String) {
+        let cache = "/tmp/lm-it-cache-\(UUID().uuidString.prefix(8))"
+        let service = try ContainerdImageService(
+            socketPath: env.containerdSocket, namespace: namespace, snapshotter: snapshotter,
+            cacheDirectory: cache, registry: registry, logger: Logger(label: "test"))
+        return (service, cache)
+    }
+
+    func ref(_ name: String) -> MicroVMRef { MicroVMRef(uid: ULID.make(), namespace: "it", name: name) }
+
+    @Test("pulls, unpacks and extracts a kernel file and an ext4 volume; the VM's lease holds them; release drops it", arguments: ["overlayfs", "native"])
+    func pullExtractLease(snapshotter: String) async throws {
+        let env = try await TestEnvironment.shared()
+        let ns = "lmit-\(snapshotter)-\(UUID().uuidString.prefix(6).lowercased())"
+        let (service, cache) = try makeService(env, snapshotter: snapshotter, namespace: ns)
+        defer { try? HostFiles.remove(cache) }
+        let vm = ref("a")
+
+        let kernel = try await service.fetchFile(reference: env.kernelImage, filename: "boot/vmlinuz", for: vm)
+        let bytes = try #require(FileManager.default.contents(atPath: kernel.path))
+        #expect(bytes.count > 1_000_000)
+        #expect(bytes[0x202..<0x206] == Data("HdrS".utf8), "a bzImage (Linux boot protocol header)")
+
+        let volume = try await service.volumeImage(reference: env.rootImage, for: vm)
+        let listing = try await HostProcess.run(["debugfs", "-R", "ls -l /sbin", volume.path])
+        #expect(listing.contains("init"), "the ext4 volume holds the image's /sbin/init")
+        // Cached: the same path again, without rebuilding.
+        let modified = try FileManager.default.attributesOfItem(atPath: volume.path)[.modificationDate] as? Date
+        #expect(try await service.volumeImage(reference: env.rootImage, for: ref("b")).path == volume.path)
+        #expect(try FileManager.default.attributesOfItem(atPath: volume.path)[.modificationDate] as? Date == modified)
+
+        #expect(try await service.hasLease(for: vm))
+        let resources = try await HostProcess.run(["ctr", "--address", env.containerdSocket, "-n", ns, "leases", "ls"])
+        #expect(resources.contains(ContainerdImageService.leaseID(for: vm)))
+        let images = try await HostProcess.run(["ctr", "--address", env.containerdSocket, "-n", ns, "images", "ls", "-q"])
+        #expect(images.contains("lm-test/kernel:latest") && images.contains("lm-test/root:latest"))
+        let snaps = try await HostProcess.run(["ctr", "--address", env.containerdSocket, "-n", ns, "snapshots", "--snapshotter", snapshotter, "ls"])
+        #expect(snaps.contains("Committed"))
+        #expect(!snaps.contains("lm-view-"), "temporary views are removed")
+
+        try await service.releaseLease(for: vm)
+        #expect(try await !service.hasLease(for: vm))
+        try await service.releaseLease(for: vm)  // idempotent
+        await service.shutdown()
+    }
+
+    @Test("a file missing from the image and an image missing from the registry fail with messages that say so")
+    func failures() async throws {
+        let env = try await TestEnvironment.shared()
+        let (service, cache) = try makeService(env, namespace: "lmit-fail-\(UUID().uuidString.prefix(6).lowercased())")
+        defer { try? HostFiles.remove(cache) }
+        let vm = ref("f")
+        let missingFile = await #expect(throws: AgentError.self) {
+            _ = try await service.fetchFile(reference: env.kernelImage, filename: "boot/nope", for: vm)
+        }
+        #expect(missingFile?.message.contains("boot/nope is not a file") == true)
+        let missingImage = await #expect(throws: RegistryError.self) {
+            _ = try await service.fetchFile(reference: "\(env.registry)/lm-test/absent:v9", filename: "x", for: vm)
+        }
+        #expect(missingImage?.message.contains("404") == true)
+        #expect(missingImage?.message.contains("MANIFEST_UNKNOWN") == true)
+        try await service.releaseLease(for: vm)
+        await service.shutdown()
+    }
+
+    @Test("basic auth: configured credentials pull from the private registry; none → a clear error")
+    func privateRegistry() async throws {
+        let env = try await TestEnvironment.shared()
+        let creds = RegistryConfig(credentials: [env.authRegistry: RegistryCredential(username: env.authUser, password: env.authPassword)])
+        let (service, cache) = try makeService(env, namespace: "lmit-auth-\(UUID().uuidString.prefix(6).lowercased())", registry: creds)
+        defer { try? HostFiles.remove(cache) }
+        let vm = ref("p")
+        let f = try await service.fetchFile(reference: "\(env.authRegistry)/lm-test/kernel:latest", filename: "boot/initrd", for: vm)
+        #expect(HostFiles.size(f.path) ?? 0 > 0)
+        try await service.releaseLease(for: vm)
+        await service.shutdown()
+
+        let (anonymous, cache2) = try makeService(env, namespace: "lmit-anon-\(UUID().uuidString.prefix(6).lowercased())")
+        defer { try? HostFiles.remove(cache2) }
+        let err = await #expect(throws: RegistryError.self) {
+            _ = try await anonymous.fetchFile(reference: "\(env.authRegistry)/lm-test/kernel:latest", filename: "boot/initrd", for: vm)
+        }
+        #expect(err?.message.contains("requires credentials") == true)
+        try await anonymous.releaseLease(for: vm)
+        await anonymous.shutdown()
+    }
+
+    @Test("containerd not reachable → UNAVAILABLE naming the socket")
+    func unavailable() async throws {
+        let service = try ContainerdImageService(
+            socketPath: "/tmp/lm-missing.sock", namespace: "x", snapshotter: "overlayfs",
+            cacheDirectory: "/tmp/lm-it-none", registry: RegistryConfig(), logger: Logger(label: "test"))
+        let err = await #expect(throws: AgentError.self) { try await service.checkAvailable() }
+        #expect(err?.code == .unavailable)
+        #expect(err?.message.contains("/tmp/lm-missing.sock") == true)
+        await service.shutdown()
+    }
+}
+
+@Suite("registry configuration")
+struct RegistryConfigTests {
+    @Test("docker config.json credentials: auth field, username/password, scheme prefixes")
+    func credentials() throws {
+        let path = NSTemporaryDirectory() + "/lm-creds-\(UUID().uuidString).json"
+        let json = """
+            {"auths": {"127.0.0.1:5112": {"auth": "\(Data("u1:p:w".utf8).base64EncodedString())"},
+                       "https://reg.example.com/v2/": {"username": "u2", "password": "p2"}}}
+            """
+        try Data(json.utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let creds = try RegistryConfig.loadCredentials(dockerConfigAt: path)
+        #expect(creds["127.0.0.1:5112"] == RegistryCredential(username: "u1", password: "p:w"))
+        #expect(creds["reg.example.com"] == RegistryCredential(username: "u2", password: "p2"))
+        #expect(throws: AgentError.self) { try RegistryConfig.loadCredentials(dockerConfigAt: path + ".missing") }
+    }
+}
