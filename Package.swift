@@ -141,7 +141,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd"]
+            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl"]
         ),
     ],
     swiftLanguageModes: [.v6]
