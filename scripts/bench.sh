@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/test-env.sh start
 eval "$(./scripts/test-env.sh env)"
 ./scripts/build-test-images.sh --push "$LM_REGISTRY"
-swift build -c release --product flintlockd
-swift build -c release --product lm-bench
-exec .build/release/lm-bench --containerd-socket "$LM_CONTAINERD_SOCKET" --registry "$LM_REGISTRY" "$@"
+# A statically linked Swift runtime keeps the agent's resident memory a little lower.
+swift build -c release --static-swift-stdlib --scratch-path .build-release --product flintlockd
+swift build -c release --static-swift-stdlib --scratch-path .build-release --product lm-bench
+exec .build-release/release/lm-bench --containerd-socket "$LM_CONTAINERD_SOCKET" --registry "$LM_REGISTRY" "$@"

@@ -218,10 +218,13 @@ public enum HostProcess {
     }
 
     /// Resident set size of a process in bytes, from /proc.
-    public static func residentBytes(of pid: pid_t) -> Int? {
+    public static func residentBytes(of pid: pid_t) -> Int? { statusBytes(of: pid, field: "VmRSS") }
+
+    /// A size field of /proc/<pid>/status (VmRSS, RssAnon, RssFile, ...) in bytes.
+    public static func statusBytes(of pid: pid_t, field: String) -> Int? {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in s.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            let kb = line.split(separator: " ").compactMap { Int($0) }.first
+        for line in s.split(separator: "\n") where line.hasPrefix(field + ":") {
+            let kb = line.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.first
             return kb.map { $0 * 1024 }
         }
         return nil

@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import HostAgent
 import Logging
@@ -96,6 +99,13 @@ struct Run: AsyncParsableCommand {
     var debug = false
 
     func run() async throws {
+        // At most two malloc arenas: the agent's threads are mostly idle watchers, and an arena
+        // per thread would grow the resident set with every VM.
+        // (glibc's mallopt is not in the Swift Glibc module; M_ARENA_MAX is -8.)
+        if let sym = dlsym(nil, "mallopt") {
+            let mallopt = unsafeBitCast(sym, to: (@convention(c) (Int32, Int32) -> Int32).self)
+            _ = mallopt(-8, 2)
+        }
         if enableHTTP {
             throw ValidationError("--enable-http: Flintlock's HTTP gateway is not supported by this build; use the gRPC API")
         }

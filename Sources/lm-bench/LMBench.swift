@@ -54,9 +54,10 @@ struct LMBench: AsyncParsableCommand {
         for _ in 0..<100 { if (try? await client.list()) != nil { break }; try await Task.sleep(for: .milliseconds(100)) }
         try await Task.sleep(for: .seconds(2))
         let idleRSS = HostProcess.residentBytes(of: pid) ?? 0
+        let idleAnon = HostProcess.statusBytes(of: pid, field: "RssAnon") ?? 0
 
         do {
-            try await measure(client: client, agentPID: pid, idleRSS: idleRSS, state: state)
+            try await measure(client: client, agentPID: pid, idleRSS: idleRSS, idleAnon: idleAnon, state: state)
         } catch {
             // Leave no VMs behind: the agent removes their QEMU, TAPs and leases.
             for vm in (try? await client.list(namespace: "bench")) ?? [] { try? await client.delete(uid: vm.spec.uid) }
@@ -66,7 +67,7 @@ struct LMBench: AsyncParsableCommand {
         }
     }
 
-    func measure(client: AgentClient, agentPID pid: pid_t, idleRSS: Int, state: String) async throws {
+    func measure(client: AgentClient, agentPID pid: pid_t, idleRSS: Int, idleAnon: Int, state: String) async throws {
         func spec(_ name: String) -> Flintlock_Types_MicroVMSpec {
             .with {
                 $0.id = name
@@ -128,6 +129,7 @@ struct LMBench: AsyncParsableCommand {
         let allMarkers = lastMarker.timeIntervalSince(tp)
         try await Task.sleep(for: .seconds(1))
         let busyRSS = HostProcess.residentBytes(of: pid) ?? 0
+        let busyAnon = HostProcess.statusBytes(of: pid, field: "RssAnon") ?? 0
         try await deleteAll()
         _ = try? await HostProcess.run(["ip", "link", "del", byHandTap])
 
@@ -145,8 +147,8 @@ struct LMBench: AsyncParsableCommand {
             create -> guest marker           p50 \(f(agentMedian)) ms   max \(f(toMarker.max() ?? 0)) ms
             same QEMU by hand -> marker      p50 \(f(handMedian)) ms   max \(f(byHand.max() ?? 0)) ms
             ratio agent / by hand (p50)      \(String(format: "%.3f", agentMedian / handMedian))   (target <= 1.10)
-            agent RSS idle                   \(f(Double(idleRSS) / 1_048_576)) MiB
-            agent RSS with \(parallel) VMs             \(f(Double(busyRSS) / 1_048_576)) MiB   (target <= 40 MiB)
+            agent RSS idle                   \(f(Double(idleRSS) / 1_048_576)) MiB   (anonymous \(f(Double(idleAnon) / 1_048_576)) MiB, the rest clean file-backed code)
+            agent RSS with \(parallel) VMs             \(f(Double(busyRSS) / 1_048_576)) MiB   (anonymous \(f(Double(busyAnon) / 1_048_576)) MiB; target <= 40 MiB)
             \(parallel) creates at once -> all CREATED  \(f(allCreated * 1000)) ms
             \(parallel) creates at once -> all at marker \(f(allMarkers * 1000)) ms
             """)
