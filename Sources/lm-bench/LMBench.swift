@@ -95,6 +95,7 @@ struct LMBench: AsyncParsableCommand {
         _ = try await waitForMarker(consolePath(warm), timeout: .seconds(120))
         let warmArgv = HostProcess.commandLine(of: pid_t(try await client.get(uid: warm.spec.uid).status.vmmPid)) ?? []
         let handArgs = try await byHandArguments(warmArgv, directory: "\(state)/by-hand")
+        let accel = try await client.get(uid: warm.spec.uid).status.accelerator
         try await deleteAll()
 
         // Sequential rounds: RPC latency, create → QEMU exec, create → guest marker.
@@ -141,7 +142,7 @@ struct LMBench: AsyncParsableCommand {
         let agentMedian = pct(toMarker, 0.5), handMedian = pct(byHand, 0.5)
         print("""
 
-            lm-bench (\(rounds) sequential rounds, \(parallel) parallel VMs, \(memory) MiB each, accel \(try await accelerator(client)))
+            lm-bench (\(rounds) sequential rounds, \(parallel) parallel VMs, \(memory) MiB each, accel \(accel))
             CreateMicroVM RPC latency        p50 \(f(pct(rpc, 0.5))) ms   p99 \(f(pct(rpc, 0.99))) ms   (target p99 <= 20 ms)
             create -> QEMU exec              p50 \(f(pct(toExec, 0.5))) ms   max \(f(toExec.max() ?? 0)) ms
             create -> guest marker           p50 \(f(agentMedian)) ms   max \(f(toMarker.max() ?? 0)) ms
@@ -152,11 +153,6 @@ struct LMBench: AsyncParsableCommand {
             \(parallel) creates at once -> all CREATED  \(f(allCreated * 1000)) ms
             \(parallel) creates at once -> all at marker \(f(allMarkers * 1000)) ms
             """)
-    }
-
-    func accelerator(_ client: AgentClient) async throws -> String {
-        let vm = try await client.list().first
-        return vm?.status.accelerator ?? "see agent log"
     }
 
     /// When the marker first appears in the console file (polled every 5 ms).
