@@ -131,6 +131,10 @@ public final class Reconciler: Sendable {
             case .pending, .created:
                 try await createPlan(vm, log: log)
             }
+        } catch let e as PlanStepError where e.underlying is CancellationError {
+            // Deleted while being created: the delete plan takes over.
+            log.info("create stopped: the VM is being deleted")
+            enqueue(uid)
         } catch {
             handleFailure(of: vm, error: error, log: log)
         }

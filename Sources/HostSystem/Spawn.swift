@@ -152,7 +152,7 @@ public enum HostProcess {
 
     /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), looked up at run time because
     /// the Swift Glibc module does not export it.
-    nonisolated(unsafe) static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+    static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
         guard let sym = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }  // RTLD_DEFAULT
         return unsafeBitCast(sym, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
     }()

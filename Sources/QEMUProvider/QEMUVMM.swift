@@ -194,7 +194,8 @@ public final class QEMUVMM: VMMProvider {
     /// Follows the VM's QMP event socket; `onExit` runs as soon as QEMU goes away.
     public func watchExit(of ref: MicroVMRef, directory dir: String, onExit: @escaping @Sendable () -> Void) -> Bool {
         QMP.follow(socket: Self.qmpSocket(dir, uid: ref.uid, events: true), onEvent: { [logger] event, data in
-            logger.info("qemu event \(event)", metadata: ["uid": "\(ref.uid)", "data": "\(data)"])
+            let notable: Set<String> = ["SHUTDOWN", "POWERDOWN", "RESET", "STOP", "GUEST_PANICKED", "BLOCK_IO_ERROR"]
+            logger.log(level: notable.contains(event) ? .info : .debug, "qemu event \(event)", metadata: ["uid": "\(ref.uid)", "data": "\(data)"])
         }, onClose: onExit)
     }
 
