@@ -15,9 +15,34 @@ public final class AgentClient: Sendable {
     let runTask: Task<Void, Never>
     public let address: String
 
+    /// TLS settings for agents served with `--tls-cert` (and `--tls-client-validate`).
+    public struct TLSOptions: Sendable {
+        /// PEM CA bundle that signed the agent's certificate (nil: the system's trust roots).
+        public var caCertificate: String?
+        /// PEM client certificate and key, for agents that require client certificates.
+        public var clientCertificate: String?
+        public var clientKey: String?
+        public init(caCertificate: String? = nil, clientCertificate: String? = nil, clientKey: String? = nil) {
+            self.caCertificate = caCertificate
+            self.clientCertificate = clientCertificate
+            self.clientKey = clientKey
+        }
+
+        var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
+            let ca = caCertificate
+            let configure: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void = { c in
+                if let ca { c.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+            }
+            if let cert = clientCertificate, let key = clientKey {
+                return .mTLS(certificateChain: [.file(path: cert, format: .pem)], privateKey: .file(path: key, format: .pem), configure: configure)
+            }
+            return .tls(configure: configure)
+        }
+    }
+
     /// Connects to `address`: `host:port`, or `unix:///path/to/socket`. With `token`, every call
-    /// carries `authorization: Basic <base64(token)>`.
-    public init(address: String, token: String? = nil) throws {
+    /// carries `authorization: Basic <base64(token)>`; with `tls`, the connection uses TLS.
+    public init(address: String, token: String? = nil, tls: TLSOptions? = nil) throws {
         self.address = address
         let target: any ResolvableTarget
         if address.hasPrefix("unix://") {
@@ -26,10 +51,18 @@ public final class AgentClient: Sendable {
             guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
                 throw RPCError(code: .invalidArgument, message: "agent address \"\(address)\" is not host:port or unix:///path")
             }
-            let host = String(address[..<colon])
-            target = .dns(host: host.isEmpty ? "localhost" : host, port: port)
+            var host = String(address[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            // IP literals as IP targets: with TLS, an IP address must not be sent as the SNI name.
+            if host.split(separator: ".").count == 4 && host.allSatisfy({ $0.isNumber || $0 == "." }) {
+                target = .ipv4(host: host, port: port)
+            } else if host.contains(":") {
+                target = .ipv6(host: host, port: port)
+            } else {
+                target = .dns(host: host.isEmpty ? "localhost" : host, port: port)
+            }
         }
-        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext)
+        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: tls?.transportSecurity ?? .plaintext)
         var interceptors: [any ClientInterceptor] = []
         if let token, !token.isEmpty { interceptors.append(BasicAuthClientInterceptor(token: token)) }
         let client = GRPCClient(transport: transport, interceptors: interceptors)

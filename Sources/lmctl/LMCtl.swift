@@ -18,10 +18,23 @@ struct AgentOptions: ParsableArguments {
     var host: String?
     @Option(help: "Basic-auth token the agent was started with. (default: $LMCTL_TOKEN)")
     var token: String?
+    @Flag(help: "Connect with TLS (implied by --tls-ca or --tls-cert).")
+    var tls = false
+    @Option(name: .customLong("tls-ca"), help: "PEM CA that signed the agent's certificate (default: the system's trust roots).")
+    var tlsCA: String?
+    @Option(name: .customLong("tls-cert"), help: "PEM client certificate, for agents run with --tls-client-validate.")
+    var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: "PEM key for --tls-cert.")
+    var tlsKey: String?
 
     func client() throws -> AgentClient {
         let env = ProcessInfo.processInfo.environment
-        return try AgentClient(address: host ?? env["LMCTL_HOST"] ?? "localhost:9090", token: token ?? env["LMCTL_TOKEN"])
+        var options: AgentClient.TLSOptions?
+        if tls || tlsCA != nil || tlsCert != nil {
+            guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+            options = AgentClient.TLSOptions(caCertificate: tlsCA, clientCertificate: tlsCert, clientKey: tlsKey)
+        }
+        return try AgentClient(address: host ?? env["LMCTL_HOST"] ?? "localhost:9090", token: token ?? env["LMCTL_TOKEN"], tls: options)
     }
 }
 

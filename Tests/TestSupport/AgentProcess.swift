@@ -62,7 +62,9 @@ public final class AgentProcess: @unchecked Sendable {
         String(decoding: HostFiles.tail(logPath, maxBytes: 4000) ?? Data(), as: UTF8.self)
     }
 
-    public func client(token: String? = nil) throws -> AgentClient { try AgentClient(address: address, token: token) }
+    public func client(token: String? = nil, tls: AgentClient.TLSOptions? = nil) throws -> AgentClient {
+        try AgentClient(address: address, token: token, tls: tls)
+    }
 
     /// Deletes every VM through the API (so TAPs and leases go too), then stops the agent and
     /// kills anything of its that is left, then removes its state.
