@@ -37,6 +37,10 @@ eval "$(./scripts/test-env.sh env)"
 say "Building a kernel image and a root image from Debian packages and pushing them to $LM_REGISTRY"
 ./scripts/build-test-images.sh --push "$LM_REGISTRY"
 say "Creating bridge $bridge (10.98.0.1/24)"
+if other=$(ip -o route show 10.98.0.0/24 | grep -v "dev $bridge " | awk '{print $3}' | head -1) && [ -n "$other" ]; then
+  echo "quickstart: 10.98.0.0/24 is already routed through $other; remove that address first (ip addr flush dev $other)" >&2
+  exit 1
+fi
 ip link show $bridge >/dev/null 2>&1 || ip link add $bridge type bridge
 ip addr show dev $bridge | grep -q 10.98.0.1/24 || ip addr add 10.98.0.1/24 dev $bridge
 ip link set $bridge up
