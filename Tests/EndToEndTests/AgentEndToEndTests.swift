@@ -26,82 +26,82 @@ struct AgentEndToEndTests {
                     await seen.add(Data("\(e.type) \(e.microvm.spec.uid) \(e.microvm.status.state)\n".utf8))
                     return true
                 }
-        }
-        defer { watcher.cancel() }
-
-        var spec = fixtureSpec(env, name: "life", ip: "10.97.0.11")
-        spec.uid = "IGNORED-BY-THE-AGENT"
-        let created = try await client.create(spec)
-        let uid = created.spec.uid
-        #expect(uid.count == 26 && uid != "IGNORED-BY-THE-AGENT")
-        #expect(created.status.state == .pending)
-        #expect(created.spec.labels == ["suite": "e2e", "case": "life"])
-        #expect(created.spec.hasCreatedAt && created.spec.hasUpdatedAt)
-        #expect(created.spec.namespace == "e2e")
-
-        let running = try await client.wait(uid: uid, timeout: .seconds(90)) { $0.status.state == .created }
-        #expect(running.status.vmmPid > 0)
-        #expect(running.status.accelerator == "tcg" || running.status.accelerator == "kvm")
-        #expect(running.status.networkInterfaces["eth0"]?.hostDeviceName.isEmpty == false)
-        let tap = try #require(running.status.networkInterfaces["eth0"]?.hostDeviceName)
-        #expect(HostFiles.exists("/sys/class/net/\(tap)"))
-
-        let text = try await waitForConsole(client, uid: uid, marker: "LIQUIDMETAL-NET-READY", timeout: .seconds(90))
-        #expect(text.contains("LIQUIDMETAL-GUEST-READY"))
-        let afterBoot = try await client.get(uid: uid)
-        #expect(afterBoot.status.hasFirstConsoleOutputAt)
-        #expect(await ping("10.97.0.11"), "the guest answers ping over the bridge")
-
-        #expect(try await client.list(namespace: "e2e").map(\.spec.uid) == [uid])
-        #expect(try await client.list(namespace: "").contains { $0.spec.uid == uid })
-        #expect(try await client.list(namespace: "e2e", name: "life").count == 1)
-        #expect(try await client.list(namespace: "other").isEmpty)
-        #expect(try await client.listStream(namespace: "e2e").map(\.spec.uid) == [uid])
-        let watched = await seen.text
-        #expect(watched.contains("synced"))
-        #expect(watched.contains("added \(uid)"))
-        #expect(watched.contains("modified \(uid) created"))
-
-        // The agent dies; the VM keeps running and is adopted by the next agent.
-        let qemuPID = running.status.vmmPid
-        agent.kill(SIGKILL)
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(HostProcess.isAlive(qemuPID), "QEMU outlives the agent")
-        try await agent.start()
-        let client2 = try agent.client()
-        defer { client2.close() }
-        let seen2 = Collected()
-        let watcher2 = Task {
-            try await client2.watch(namespace: "e2e") { e in
-                await seen2.add(Data("\(e.type) \(e.microvm.spec.uid) \(e.microvm.status.state)\n".utf8))
-                return true
             }
-        }
-        defer { watcher2.cancel() }
-        try await Task.sleep(for: .seconds(2))
-        #expect(await seen2.text.contains("existing \(uid) created"), "a new watch starts with the current VMs")
-        let adopted = try await client2.get(uid: uid)
-        #expect(adopted.status.state == .created)
-        #expect(adopted.status.vmmPid == qemuPID, "the same QEMU process, not a new one")
-        #expect(processes(matching: "/\(uid)/qemu.pid").count == 1)
-        #expect(await ping("10.97.0.11"))
+            defer { watcher.cancel() }
 
-        // Delete: asynchronous, then gone with everything it had on the host.
-        #expect(try await env.leases(namespace: "lmtest").contains("liquidmetal/\(uid)"))
-        try await client2.delete(uid: uid)
-        let deadline = ContinuousClock.now + .seconds(30)
-        var code: RPCError.Code?
-        while ContinuousClock.now < deadline {
-            code = await rpcCode { _ = try await client2.get(uid: uid) }
-            if code == .notFound { break }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        #expect(code == .notFound)
-        #expect(!HostProcess.isAlive(qemuPID))
-        #expect(!HostFiles.exists("/sys/class/net/\(tap)"))
-        #expect(!HostFiles.exists("\(agent.stateDir)/vm/e2e/life/\(uid)"))
-        #expect(try await !env.leases(namespace: "lmtest").contains("liquidmetal/\(uid)"))
-        #expect(await seen2.text.contains("deleted \(uid)"))
+            var spec = fixtureSpec(env, name: "life", ip: "10.97.0.11")
+            spec.uid = "IGNORED-BY-THE-AGENT"
+            let created = try await client.create(spec)
+            let uid = created.spec.uid
+            #expect(uid.count == 26 && uid != "IGNORED-BY-THE-AGENT")
+            #expect(created.status.state == .pending)
+            #expect(created.spec.labels == ["suite": "e2e", "case": "life"])
+            #expect(created.spec.hasCreatedAt && created.spec.hasUpdatedAt)
+            #expect(created.spec.namespace == "e2e")
+
+            let running = try await client.wait(uid: uid, timeout: .seconds(90)) { $0.status.state == .created }
+            #expect(running.status.vmmPid > 0)
+            #expect(running.status.accelerator == "tcg" || running.status.accelerator == "kvm")
+            #expect(running.status.networkInterfaces["eth0"]?.hostDeviceName.isEmpty == false)
+            let tap = try #require(running.status.networkInterfaces["eth0"]?.hostDeviceName)
+            #expect(HostFiles.exists("/sys/class/net/\(tap)"))
+
+            let text = try await waitForConsole(client, uid: uid, marker: "LIQUIDMETAL-NET-READY", timeout: .seconds(90))
+            #expect(text.contains("LIQUIDMETAL-GUEST-READY"))
+            let afterBoot = try await client.get(uid: uid)
+            #expect(afterBoot.status.hasFirstConsoleOutputAt)
+            #expect(await ping("10.97.0.11"), "the guest answers ping over the bridge")
+
+            #expect(try await client.list(namespace: "e2e").map(\.spec.uid) == [uid])
+            #expect(try await client.list(namespace: "").contains { $0.spec.uid == uid })
+            #expect(try await client.list(namespace: "e2e", name: "life").count == 1)
+            #expect(try await client.list(namespace: "other").isEmpty)
+            #expect(try await client.listStream(namespace: "e2e").map(\.spec.uid) == [uid])
+            let watched = await seen.text
+            #expect(watched.contains("synced"))
+            #expect(watched.contains("added \(uid)"))
+            #expect(watched.contains("modified \(uid) created"))
+
+            // The agent dies; the VM keeps running and is adopted by the next agent.
+            let qemuPID = running.status.vmmPid
+            agent.kill(SIGKILL)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(HostProcess.isAlive(qemuPID), "QEMU outlives the agent")
+            try await agent.start()
+            let client2 = try agent.client()
+            defer { client2.close() }
+            let seen2 = Collected()
+            let watcher2 = Task {
+                try await client2.watch(namespace: "e2e") { e in
+                    await seen2.add(Data("\(e.type) \(e.microvm.spec.uid) \(e.microvm.status.state)\n".utf8))
+                    return true
+                }
+            }
+            defer { watcher2.cancel() }
+            try await Task.sleep(for: .seconds(2))
+            #expect(await seen2.text.contains("existing \(uid) created"), "a new watch starts with the current VMs")
+            let adopted = try await client2.get(uid: uid)
+            #expect(adopted.status.state == .created)
+            #expect(adopted.status.vmmPid == qemuPID, "the same QEMU process, not a new one")
+            #expect(processes(matching: "/\(uid)/qemu.pid").count == 1)
+            #expect(await ping("10.97.0.11"))
+
+            // Delete: asynchronous, then gone with everything it had on the host.
+            #expect(try await env.leases(namespace: "lmtest").contains("liquidmetal/\(uid)"))
+            try await client2.delete(uid: uid)
+            let deadline = ContinuousClock.now + .seconds(30)
+            var code: RPCError.Code?
+            while ContinuousClock.now < deadline {
+                code = await rpcCode { _ = try await client2.get(uid: uid) }
+                if code == .notFound { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(code == .notFound)
+            #expect(!HostProcess.isAlive(qemuPID))
+            #expect(!HostFiles.exists("/sys/class/net/\(tap)"))
+            #expect(!HostFiles.exists("\(agent.stateDir)/vm/e2e/life/\(uid)"))
+            #expect(try await !env.leases(namespace: "lmtest").contains("liquidmetal/\(uid)"))
+            #expect(await seen2.text.contains("deleted \(uid)"))
         }
     }
 
