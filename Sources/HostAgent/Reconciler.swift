@@ -94,6 +94,7 @@ public final class Reconciler: Sendable {
                     group.addTask {
                         await self.reconcile(uid)
                         await self.queue.finish(uid)
+                        if await self.queue.isIdle { HostMemory.trim() }
                     }
                 }
             }

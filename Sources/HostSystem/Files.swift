@@ -59,3 +59,14 @@ public enum HostFiles {
         return try? h.readToEnd() ?? Data()
     }
 }
+
+/// The process's heap.
+public enum HostMemory {
+    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = {
+        guard let sym = dlsym(nil, "malloc_trim") else { return nil }  // glibc; not in the Swift Glibc module
+        return unsafeBitCast(sym, to: (@convention(c) (Int) -> Int32).self)
+    }()
+
+    /// Returns freed heap memory to the system (glibc keeps the high-water mark of bursts otherwise).
+    public static func trim() { _ = mallocTrim?(0) }
+}
