@@ -10,7 +10,8 @@ packages=(
   e2fsprogs                       # mkfs.ext4 -d: volume images from snapshots
   busybox-static cpio             # fixture initrd and root filesystem
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
-  curl ca-certificates            # registry readiness probes
+  curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
+  python3 python3-cryptography    # the token server of the bearer-token test registry
   libsqlite3-dev                  # SQLite for the state database (GRDB)
   util-linux procps kmod xz-utils zstd
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test-env.sh — a private containerd and two private loopback registries for tests.
+# test-env.sh — a private containerd and three private loopback registries for tests
+# (plain, basic auth, and bearer-token auth with its own token server).
 #
 # Usage: scripts/test-env.sh start|stop|status|env [DIR]
 #
@@ -15,17 +16,32 @@
 #                                           127.0.0.1:$LM_AUTH_REGISTRY_PORT (5112),
 #                                           user "lmuser", password "lmpass"
 #     DIR/auth-registry.log, DIR/auth-registry.pid
+#     DIR/token-server/{token.key,token.crt}
+#                                           token issuer (scripts/registry-token-server.py)
+#                                           on 127.0.0.1:$LM_TOKEN_SERVER_PORT (5114), realm
+#                                           http://127.0.0.1:PORT/token, same user/password
+#                                           as the auth registry; its ES256 key and
+#                                           self-signed certificate are made on its first
+#                                           start and kept
+#     DIR/token-server.log, DIR/token-server.pid
+#     DIR/token-registry/{config.yml,data}  registry with Docker bearer-token auth (service
+#                                           "lm-token-registry", issuer "lm-test-issuer",
+#                                           rootcertbundle DIR/token-server/token.crt) on
+#                                           127.0.0.1:$LM_TOKEN_REGISTRY_PORT (5113)
+#     DIR/token-registry.log, DIR/token-registry.pid
 #
 #   start   start whatever is not running yet (running parts are left alone), wait
 #           until each answers. Safe to call repeatedly.
-#   stop    stop all three (by their pid files); data under DIR is kept.
-#   status  print what runs; exit 0 only if all three run.
+#   stop    stop all five processes (by their pid files); data under DIR is kept.
+#   status  print what runs; exit 0 only if all five run.
 #   env     print shell exports for the tests, e.g.  eval "$(scripts/test-env.sh env)"
-#             LM_TEST_ENV LM_CONTAINERD_SOCKET LM_REGISTRY LM_AUTH_REGISTRY LM_AUTH_USER LM_AUTH_PASS
+#             LM_TEST_ENV LM_CONTAINERD_SOCKET LM_REGISTRY LM_AUTH_REGISTRY LM_AUTH_USER
+#             LM_AUTH_PASS LM_TOKEN_REGISTRY LM_TOKEN_REALM
 #           (while running: the values it was started with, saved in DIR/env.sh)
 #
 # Settings (read by start): LM_REGISTRY_PORT (5111), LM_AUTH_REGISTRY_PORT (5112),
-#   LM_AUTH_USER (lmuser), LM_AUTH_PASS (lmpass). To change a port, stop first.
+#   LM_TOKEN_REGISTRY_PORT (5113), LM_TOKEN_SERVER_PORT (5114), LM_AUTH_USER (lmuser),
+#   LM_AUTH_PASS (lmpass; both also for the token server). To change a port, stop first.
 #
 # Nothing listens on anything but 127.0.0.1 and unix sockets under DIR; no system
 # containerd or registry is touched (own sockets, ttrpc address, no metrics/debug address).
@@ -34,6 +50,7 @@
 #   containerd        containerd, ctr
 #   docker-registry   docker-registry (distribution 2.8)
 #   curl              optional: readiness probes (falls back to bash /dev/tcp without it)
+#   python3-cryptography  the token server runs with /usr/bin/python3 (Debian's python3)
 # The htpasswd file needs a bcrypt hash (the only scheme the registry accepts). For the
 # default credentials a precomputed hash is embedded below, so nothing else is needed.
 # For other credentials (LM_AUTH_USER / LM_AUTH_PASS set before `start`) one of these
@@ -65,6 +82,11 @@ dir=$(cd "$dir" && pwd)   # absolute: configs and sockets must not depend on the
 
 reg_port=${LM_REGISTRY_PORT:-5111}
 auth_port=${LM_AUTH_REGISTRY_PORT:-5112}
+token_port=${LM_TOKEN_REGISTRY_PORT:-5113}
+tsrv_port=${LM_TOKEN_SERVER_PORT:-5114}
+# What the token registry and its token server agree on (the JWT's aud and iss claims).
+token_service=lm-token-registry
+token_issuer=lm-test-issuer
 default_user=lmuser
 default_pass=lmpass
 auth_user=${LM_AUTH_USER:-$default_user}
@@ -86,6 +108,15 @@ reg_log=$dir/registry.log
 auth_dir=$dir/auth-registry
 auth_pid=$dir/auth-registry.pid
 auth_log=$dir/auth-registry.log
+tsrv_dir=$dir/token-server
+tsrv_pid=$dir/token-server.pid
+tsrv_log=$dir/token-server.log
+tsrv_cert=$tsrv_dir/token.crt
+tsrv_realm=http://127.0.0.1:$tsrv_port/token
+tsrv_script=$(cd "$(dirname "$0")" && pwd)/registry-token-server.py
+token_dir=$dir/token-registry
+token_pid=$dir/token-registry.pid
+token_log=$dir/token-registry.log
 
 # --- helpers -------------------------------------------------------------------------
 
@@ -100,22 +131,33 @@ running() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
 }
 
-# http_status URL [USER:PASS] -> prints the HTTP status code ("000" if nothing answers).
-http_status() {
-  local url=$1 creds=${2:-}
+# http_get URL [AUTHORIZATION] -> prints the whole response: status line, headers, an
+# empty line, the body (CRs removed); nothing if nothing answers. AUTHORIZATION is the
+# header's value, e.g. "Basic $(basic_auth U:P)" or "Bearer TOKEN".
+http_get() {
+  local url=$1 authz=${2:-}
   if command -v curl >/dev/null; then
-    curl -s -o /dev/null -m 2 -w '%{http_code}' ${creds:+-u "$creds"} "$url" || true
+    curl -s -i -m 2 ${authz:+-H "Authorization: $authz"} "$url" | tr -d '\r' || true
     return 0
   fi
   # Fallback without curl: a raw HTTP/1.0 request over bash's /dev/tcp (loopback only).
   local hostport=${url#http://}; hostport=${hostport%%/*}
-  local path=/${url#http://*/} host=${hostport%:*} port=${hostport##*:} auth="" line
-  [ -z "$creds" ] || auth="Authorization: Basic $(printf %s "$creds" | base64 -w0)"$'\r\n'
+  local path=/${url#http://*/} host=${hostport%:*} port=${hostport##*:} auth=""
+  [ -z "$authz" ] || auth="Authorization: $authz"$'\r\n'
   (
     exec 3<>"/dev/tcp/$host/$port" || exit 1
     printf 'GET %s HTTP/1.0\r\nHost: %s\r\n%s\r\n' "$path" "$hostport" "$auth" >&3
-    IFS= read -r -t 2 line <&3 && echo "$line" | awk '{print $2}'
-  ) 2>/dev/null || echo 000
+    timeout 2 cat <&3 | tr -d '\r'
+  ) 2>/dev/null || true
+}
+
+basic_auth() { printf %s "$1" | base64 -w0; }
+
+# http_status URL [USER:PASS] -> prints the HTTP status code ("000" if nothing answers).
+http_status() {
+  local code
+  code=$(http_get "$1" ${2:+"Basic $(basic_auth "$2")"} | awk 'NR == 1 {print $2}') || true
+  echo "${code:-000}"
 }
 
 # port_busy PORT: true if something already accepts connections on 127.0.0.1:PORT.
@@ -226,9 +268,9 @@ start_containerd() {
 
 # --- registries ----------------------------------------------------------------------
 
-# write_registry_config DIR PORT [HTPASSWD]
+# write_registry_config DIR PORT [htpasswd FILE | token REALM CERTBUNDLE]
 write_registry_config() {
-  local rdir=$1 port=$2 htpasswd=${3:-}
+  local rdir=$1 port=$2 auth=${3:-}
   mkdir -p "$rdir/data"
   {
     cat <<EOF
@@ -252,14 +294,28 @@ http:
   headers:
     X-Content-Type-Options: [nosniff]
 EOF
-    if [ -n "$htpasswd" ]; then
-      cat <<EOF
+    case "$auth" in
+      htpasswd)
+        cat <<EOF
 auth:
   htpasswd:
     realm: lm-test
-    path: $htpasswd
+    path: $4
 EOF
-    fi
+        ;;
+      token)
+        # Docker bearer-token auth: clients get a JWT from the realm; the registry checks
+        # it was signed by a key certified by rootcertbundle, for this issuer and service.
+        cat <<EOF
+auth:
+  token:
+    realm: $4
+    service: $token_service
+    issuer: $token_issuer
+    rootcertbundle: $5
+EOF
+        ;;
+    esac
   } >"$rdir/config.yml"
 }
 
@@ -291,7 +347,7 @@ start_registry() {
     return 0
   fi
   port_busy "$port" && die "$name: 127.0.0.1:$port is in use by another process (pick another port via LM_REGISTRY_PORT / LM_AUTH_REGISTRY_PORT)"
-  write_registry_config "$rdir" "$port" "$htpasswd"
+  write_registry_config "$rdir" "$port" ${htpasswd:+htpasswd "$htpasswd"}
   if [ -n "$user" ]; then
     # Rewrite only when the user/password changed (bcrypt salts differ every time).
     if [ ! -s "$htpasswd.src" ] || [ "$(cat "$htpasswd.src")" != "$user:$(printf %s "$pass" | sha256sum | cut -d' ' -f1)" ]; then
@@ -308,6 +364,73 @@ start_registry() {
   say "$name: started (pid $(cat "$pidfile")) on 127.0.0.1:$port${user:+ (basic auth, user $user)}"
 }
 
+# --- token server and token registry --------------------------------------------------
+
+# token_from_server SCOPE [USER:PASS] -> prints the JWT the token server issues (nothing if none).
+token_from_server() {
+  http_get "$tsrv_realm?service=$token_service&scope=$1" ${2:+"Basic $(basic_auth "$2")"} |
+    sed -n 's/.*"token": *"\([^"]*\)".*/\1/p' || true
+}
+
+start_token_server() {
+  local name=token-server health=http://127.0.0.1:$tsrv_port/healthz anon
+  [ -x /usr/bin/python3 ] || die "$name: /usr/bin/python3 not found: apt-get install -y python3 python3-cryptography"
+  /usr/bin/python3 -c 'import cryptography' 2>/dev/null ||
+    die "$name: /usr/bin/python3 cannot import cryptography: apt-get install -y python3-cryptography"
+  [ -f "$tsrv_script" ] || die "$name: $tsrv_script is missing"
+  # Ready means: /healthz answers 200. Then it must issue a token for the configured user.
+  tsrv_ready() { [ "$(http_status "$health")" = 200 ]; }
+  if running "$tsrv_pid" "$tsrv_dir"; then
+    tr '\0' ' ' <"/proc/$(cat "$tsrv_pid")/cmdline" | grep -qF -- "--port $tsrv_port " ||
+      die "$name already runs with another port; run '$prog stop' first"
+    wait_for "$name" "$tsrv_pid" "$tsrv_log" tsrv_ready
+    [ -n "$(token_from_server repository:lm-test/probe:pull "$auth_user:$auth_pass")" ] ||
+      die "$name already runs with other credentials than user $auth_user; run '$prog stop' first"
+    say "$name: already running (pid $(cat "$tsrv_pid")) on 127.0.0.1:$tsrv_port"
+    return 0
+  fi
+  port_busy "$tsrv_port" && die "$name: 127.0.0.1:$tsrv_port is in use by another process (pick another port via LM_TOKEN_SERVER_PORT)"
+  # Makes DIR/token-server/token.{key,crt} on its first start; the registry trusts token.crt.
+  spawn "$tsrv_pid" "$tsrv_log" /usr/bin/python3 "$tsrv_script" --port "$tsrv_port" --key-dir "$tsrv_dir" \
+    --user "$auth_user" --password "$auth_pass" --issuer "$token_issuer" --service "$token_service"
+  wait_for "$name" "$tsrv_pid" "$tsrv_log" tsrv_ready
+  [ -n "$(token_from_server repository:lm-test/probe:pull "$auth_user:$auth_pass")" ] ||
+    die "$name: issued no token for user $auth_user; see $tsrv_log"
+  anon=$(http_status "$tsrv_realm?service=$token_service&scope=repository:lm-test/probe:pull")
+  [ "$anon" = 401 ] || die "$name: expected 401 without credentials, got $anon"
+  [ -s "$tsrv_cert" ] || die "$name: did not write $tsrv_cert; see $tsrv_log"
+  say "$name: started (pid $(cat "$tsrv_pid")) on 127.0.0.1:$tsrv_port (realm $tsrv_realm, user $auth_user)"
+}
+
+start_token_registry() {
+  local name=token-registry url=http://127.0.0.1:$token_port/v2/ cfg=$token_dir/config.yml token status how="already running"
+  need docker-registry docker-registry
+  # Ready means: /v2/ answers 401 with a Bearer challenge that names the token server.
+  token_registry_ready() {
+    local resp; resp=$(http_get "$url")
+    [ "$(echo "$resp" | awk 'NR == 1 {print $2}')" = 401 ] &&
+      echo "$resp" | grep -qiF "www-authenticate: bearer realm=\"$tsrv_realm\""
+  }
+  if running "$token_pid" "$cfg"; then
+    { grep -q "addr: 127.0.0.1:$token_port\$" "$cfg" && grep -qF "realm: $tsrv_realm" "$cfg"; } ||
+      die "$name already runs with another port or realm ($(sed -n 's/^ *\(addr\|realm\): //p' "$cfg" | paste -sd ' ')); run '$prog stop' first"
+    wait_for "$name" "$token_pid" "$token_log" token_registry_ready
+  else
+    port_busy "$token_port" && die "$name: 127.0.0.1:$token_port is in use by another process (pick another port via LM_TOKEN_REGISTRY_PORT)"
+    [ -s "$tsrv_cert" ] || die "$name: no token signing certificate $tsrv_cert (the token server makes it)"
+    write_registry_config "$token_dir" "$token_port" token "$tsrv_realm" "$tsrv_cert"
+    spawn "$token_pid" "$token_log" docker-registry serve "$cfg"
+    wait_for "$name" "$token_pid" "$token_log" token_registry_ready
+    how=started
+  fi
+  # End to end: a token from the token server opens /v2/ (the registry trusts its key).
+  token=$(token_from_server repository:lm-test/probe:pull "$auth_user:$auth_pass")
+  status=$(http_get "$url" "Bearer $token" | awk 'NR == 1 {print $2}') || true
+  [ "$status" = 200 ] ||
+    die "$name: /v2/ answered ${status:-nothing} to a token from the token server (a regenerated key? '$prog stop' and start again); see $token_log"
+  say "$name: $how (pid $(cat "$token_pid")) on 127.0.0.1:$token_port (bearer tokens from $tsrv_realm)"
+}
+
 # --- commands ------------------------------------------------------------------------
 
 print_env() {
@@ -318,6 +441,8 @@ export LM_REGISTRY='127.0.0.1:$reg_port'
 export LM_AUTH_REGISTRY='127.0.0.1:$auth_port'
 export LM_AUTH_USER='$auth_user'
 export LM_AUTH_PASS='$auth_pass'
+export LM_TOKEN_REGISTRY='127.0.0.1:$token_port'
+export LM_TOKEN_REALM='$tsrv_realm'
 EOF
 }
 
@@ -327,6 +452,8 @@ case "$cmd" in
     start_containerd
     start_registry registry "$reg_pid" "$reg_log" "$reg_dir" "$reg_port"
     start_registry auth-registry "$auth_pid" "$auth_log" "$auth_dir" "$auth_port" "$auth_user" "$auth_pass"
+    start_token_server   # before its registry: it makes the certificate the registry trusts
+    start_token_registry
     print_env >"$dir/env.sh"   # what `env` prints while this instance runs
     say "ready; for the exports run: $0 env${2:+ $dir}"
     ;;
@@ -334,6 +461,8 @@ case "$cmd" in
     stop_one containerd "$ctd_pid" "$ctd_cfg"
     stop_one registry "$reg_pid" "$reg_dir/config.yml"
     stop_one auth-registry "$auth_pid" "$auth_dir/config.yml"
+    stop_one token-registry "$token_pid" "$token_dir/config.yml"
+    stop_one token-server "$tsrv_pid" "$tsrv_dir"
     ;;
   status)
     rc=0
@@ -343,11 +472,15 @@ case "$cmd" in
     show containerd "$ctd_pid" "$ctd_cfg"
     show registry "$reg_pid" "$reg_dir/config.yml"
     show auth-registry "$auth_pid" "$auth_dir/config.yml"
+    show token-registry "$token_pid" "$token_dir/config.yml"
+    show token-server "$tsrv_pid" "$tsrv_dir"
     exit $rc
     ;;
   env)
     if running "$ctd_pid" "$ctd_cfg" && [ -s "$dir/env.sh" ]; then
       cat "$dir/env.sh"   # the settings the running instance was started with
+      grep -q LM_TOKEN_REGISTRY "$dir/env.sh" ||
+        say "warning: $dir was started by an older $prog, without the token registry (run: $0 start)"
     else
       say "warning: the test environment in $dir is not running (run: $0 start)"
       print_env
