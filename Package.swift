@@ -42,6 +42,13 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        // zlib from the system (Debian: zlib1g-dev), for gzip layers.
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // OCI images as data: reproducible tar and gzip layers, configs, manifests, image layouts.
+        .target(
+            name: "OCIImage",
+            dependencies: ["CZlib", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // Small helpers around the host: processes, files, syscalls.
         .target(
             name: "HostSystem",
@@ -56,16 +63,27 @@ let package = Package(
             name: "MicroVMStore",
             dependencies: ["MicroVMCore", .product(name: "GRDB", package: "GRDB.swift")]
         ),
+        // Registries through the Docker Registry HTTP API v2 / OCI distribution: pull and push,
+        // basic and bearer-token auth.
         .target(
-            name: "ContainerdImages",
+            name: "OCIRegistry",
             dependencies: [
-                "MicroVMCore", "ContainerdAPI", "HostSystem",
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                "MicroVMCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "ContainerdImages",
+            dependencies: [
+                "MicroVMCore", "ContainerdAPI", "HostSystem", "OCIRegistry",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -81,7 +99,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "MicroVMCore", "MicroVMStore", "ContainerdImages", "HostNetwork", "QEMUProvider",
+                "MicroVMCore", "MicroVMStore", "ContainerdImages", "OCIRegistry", "HostNetwork", "QEMUProvider",
                 "FlintlockAPI", "HostSystem",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -129,11 +147,16 @@ let package = Package(
             dependencies: ["HostSystem", "AgentClient"],
             path: "Tests/TestSupport"
         ),
+        .testTarget(name: "OCIImageTests", dependencies: ["OCIImage"]),
+        .testTarget(
+            name: "OCIRegistryTests",
+            dependencies: ["OCIRegistry", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(
             name: "ContainerdImagesTests",
-            dependencies: ["ContainerdImages", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ContainerdImages", "OCIRegistry", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "HostAgentTests",

@@ -12,7 +12,7 @@ packages=(
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
   curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
   python3 python3-cryptography    # the token server of the bearer-token test registry
-  libsqlite3-dev                  # SQLite for the state database (GRDB)
+  libsqlite3-dev zlib1g-dev       # SQLite for the state database (GRDB); zlib for gzip layers
   util-linux procps kmod xz-utils zstd
 )
 if [ "$(id -u)" != 0 ]; then echo "install-deps.sh: run as root (apt-get install)" >&2; exit 1; fi

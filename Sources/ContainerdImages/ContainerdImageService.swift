@@ -4,6 +4,7 @@ import GRPCCore
 import HostSystem
 import Logging
 import MicroVMCore
+import OCIRegistry
 
 /// The agent's ImageService on containerd: images are pulled into containerd's content store and
 /// unpacked into a snapshotter; files and ext4 volume images are taken from a read-only view of

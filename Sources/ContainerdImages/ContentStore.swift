@@ -2,6 +2,7 @@ import ContainerdAPI
 import Foundation
 import GRPCCore
 import NIOCore
+import OCIRegistry
 
 /// containerd's content store: info, read, streaming write and labels.
 extension ContainerdConnection {

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import Logging
 import MicroVMCore
+import OCIRegistry
 import NIOCore
 
 /// An image recorded in containerd and unpacked into a snapshotter.

@@ -7,6 +7,7 @@ import HostNetwork
 import HostSystem
 import Logging
 import MicroVMCore
+import OCIRegistry
 import MicroVMStore
 import QEMUProvider
 import ServiceLifecycle

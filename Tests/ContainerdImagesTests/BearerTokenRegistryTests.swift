@@ -3,6 +3,7 @@ import Foundation
 import HostSystem
 import Logging
 import MicroVMCore
+import OCIRegistry
 import Testing
 import TestSupport
 
@@ -124,16 +125,9 @@ struct TokenRegistry: Sendable {
     static func prepare() async throws -> TokenRegistry {
         let env = try await TestEnvironment.shared()  // runs scripts/test-env.sh start
         let root = env.packageRoot
-        let envText = try await HostProcess.run(["\(root)/scripts/test-env.sh", "env"])
-        var vars: [String: String] = [:]
-        for line in envText.split(separator: "\n") {
-            var l = line.trimmingCharacters(in: .whitespaces)
-            if l.hasPrefix("export ") { l.removeFirst("export ".count) }
-            guard let eq = l.firstIndex(of: "=") else { continue }
-            vars[String(l[..<eq])] = String(l[l.index(after: eq)...]).trimmingCharacters(in: CharacterSet(charactersIn: "'\""))
-        }
+        let vars = try await TestEnvironment.scriptVariables()
         guard let address = vars["LM_TOKEN_REGISTRY"] else {
-            throw TestEnvironmentError("scripts/test-env.sh env printed no LM_TOKEN_REGISTRY: \(envText)")
+            throw TestEnvironmentError("scripts/test-env.sh env printed no LM_TOKEN_REGISTRY: \(vars)")
         }
         // The token server takes the auth registry's user and password.
         let user = vars["LM_AUTH_USER"] ?? env.authUser, password = vars["LM_AUTH_PASS"] ?? env.authPassword

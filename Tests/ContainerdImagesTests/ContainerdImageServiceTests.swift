@@ -3,6 +3,7 @@ import Foundation
 import HostSystem
 import Logging
 import MicroVMCore
+import OCIRegistry
 import Testing
 import TestSupport
 

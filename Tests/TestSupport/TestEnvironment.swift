@@ -11,6 +11,8 @@ public struct TestEnvironment: Sendable {
     public var containerdSocket: String
     public var registry: String
     public var authRegistry: String
+    /// A registry with bearer-token authentication (same user and password as `authRegistry`).
+    public var tokenRegistry: String
     public var authUser: String
     public var authPassword: String
     public var bridge: String
@@ -48,16 +50,9 @@ public struct TestEnvironment: Sendable {
         }
         let root = packageRoot
         try await HostProcess.run(["\(root)/scripts/test-env.sh", "start"])
-        let envText = try await HostProcess.run(["\(root)/scripts/test-env.sh", "env"])
-        var env: [String: String] = [:]
-        for line in envText.split(separator: "\n") {
-            var l = line.trimmingCharacters(in: .whitespaces)
-            if l.hasPrefix("export ") { l.removeFirst("export ".count) }
-            guard let eq = l.firstIndex(of: "=") else { continue }
-            env[String(l[..<eq])] = String(l[l.index(after: eq)...]).trimmingCharacters(in: CharacterSet(charactersIn: "'\""))
-        }
-        guard let sock = env["LM_CONTAINERD_SOCKET"], let reg = env["LM_REGISTRY"], let authReg = env["LM_AUTH_REGISTRY"] else {
-            throw TestEnvironmentError("scripts/test-env.sh env printed no LM_CONTAINERD_SOCKET/LM_REGISTRY/LM_AUTH_REGISTRY: \(envText)")
+        let env = try await scriptVariables()
+        guard let sock = env["LM_CONTAINERD_SOCKET"], let reg = env["LM_REGISTRY"], let authReg = env["LM_AUTH_REGISTRY"], let tokenReg = env["LM_TOKEN_REGISTRY"] else {
+            throw TestEnvironmentError("scripts/test-env.sh env printed no LM_CONTAINERD_SOCKET/LM_REGISTRY/LM_AUTH_REGISTRY/LM_TOKEN_REGISTRY: \(env)")
         }
         let user = env["LM_AUTH_USER"] ?? "lmuser", pass = env["LM_AUTH_PASS"] ?? "lmpass"
         try await HostProcess.run(["\(root)/scripts/build-test-images.sh", "--push", reg])
@@ -68,7 +63,20 @@ public struct TestEnvironment: Sendable {
         }
         _ = try? await HostProcess.run(["ip", "addr", "add", "\(gateway)/24", "dev", bridge])
         try await HostProcess.run(["ip", "link", "set", bridge, "up"])
-        return TestEnvironment(containerdSocket: sock, registry: reg, authRegistry: authReg, authUser: user, authPassword: pass, bridge: bridge, bridgeGateway: gateway, packageRoot: root)
+        return TestEnvironment(containerdSocket: sock, registry: reg, authRegistry: authReg, tokenRegistry: tokenReg, authUser: user, authPassword: pass, bridge: bridge, bridgeGateway: gateway, packageRoot: root)
+    }
+
+    /// The exports `scripts/test-env.sh env` prints (LM_REGISTRY, LM_TOKEN_REGISTRY, ...).
+    public static func scriptVariables() async throws -> [String: String] {
+        let text = try await HostProcess.run(["\(packageRoot)/scripts/test-env.sh", "env"])
+        var vars: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            var l = line.trimmingCharacters(in: .whitespaces)
+            if l.hasPrefix("export ") { l.removeFirst("export ".count) }
+            guard let eq = l.firstIndex(of: "=") else { continue }
+            vars[String(l[..<eq])] = String(l[l.index(after: eq)...]).trimmingCharacters(in: CharacterSet(charactersIn: "'\""))
+        }
+        return vars
     }
 
     /// The directory holding the built executables (next to the test bundle).

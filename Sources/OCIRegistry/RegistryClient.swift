@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Crypto
 import Foundation
 import Logging
 import MicroVMCore
@@ -77,11 +78,18 @@ public struct OCIDescriptor: Codable, Sendable, Equatable {
         public var architecture: String
         public var os: String
     }
+    public init(mediaType: String, digest: String, size: Int64, platform: Platform? = nil) {
+        self.mediaType = mediaType
+        self.digest = digest
+        self.size = size
+        self.platform = platform
+    }
 }
 
 /// A failure talking to a registry, worded for the VM's status.
 public struct RegistryError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 
@@ -138,7 +146,7 @@ public final class RegistryClient: Sendable {
         let resp = try await send(req, ref: ref, what: "manifest \(reference)")
         let body = try await resp.body.collect(upTo: 8 << 20)
         let data = Data(buffer: body)
-        let digest = Digest.sha256(data)
+        let digest = sha256Digest(data)
         if reference.hasPrefix("sha256:") && digest != reference {
             throw RegistryError(message: "\(ref): manifest digest mismatch: asked for \(reference), got \(digest)")
         }
@@ -158,10 +166,14 @@ public final class RegistryClient: Sendable {
         for try await chunk in resp.body { try await consume(chunk) }
     }
 
-    /// Sends a request, answering one authentication challenge (Basic or Bearer) if needed.
-    func send(_ request: HTTPClientRequest, ref: ImageReference, what: String, timeout: TimeAmount = .seconds(60)) async throws -> HTTPClientResponse {
+    /// Sends a request, answering one authentication challenge (Basic or Bearer) if needed, and
+    /// checks the answer is one of `expect`.
+    func send(
+        _ request: HTTPClientRequest, ref: ImageReference, what: String, timeout: TimeAmount = .seconds(60),
+        push: Bool = false, expect: Set<UInt> = [200]
+    ) async throws -> HTTPClientResponse {
         var req = request
-        let scope = "repository:\(ref.repository):pull"
+        let scope = "repository:\(ref.repository):\(push ? "pull,push" : "pull")"
         if let auth = await tokens.get(registry: ref.registry, scope: scope) { req.headers.replaceOrAdd(name: "Authorization", value: auth) }
         var resp: HTTPClientResponse
         do {
@@ -180,7 +192,7 @@ public final class RegistryClient: Sendable {
                 throw RegistryError(message: "registry \(ref.registry) cannot be reached for \(ref) (\(what)): \(error)")
             }
         }
-        guard resp.status == .ok else {
+        guard expect.contains(resp.status.code) else {
             let body = (try? await resp.body.collect(upTo: 64 << 10)).map { String(buffer: $0) } ?? ""
             throw RegistryError(message: "registry \(ref.registry) answered \(resp.status.code) \(resp.status.reasonPhrase) for \(ref) (\(what))" + Self.summarize(body))
         }
@@ -254,6 +266,11 @@ public final class RegistryClient: Sendable {
         }
         return out
     }
+}
+
+/// `sha256:<hex>` of some bytes.
+func sha256Digest(_ data: some DataProtocol) -> String {
+    "sha256:" + SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
 }
 
 actor TokenCache {
