@@ -49,6 +49,11 @@ let package = Package(
             name: "OCIImage",
             dependencies: ["CZlib", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        // Builds kernel and root filesystem images (lmctl image build).
+        .target(
+            name: "ImageBuilder",
+            dependencies: ["OCIImage", "OCIRegistry", "HostSystem", "MicroVMCore", .product(name: "Logging", package: "swift-log")]
+        ),
         // Small helpers around the host: processes, files, syscalls.
         .target(
             name: "HostSystem",
@@ -148,6 +153,7 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "OCIImageTests", dependencies: ["OCIImage"]),
+        .testTarget(name: "ImageBuilderTests", dependencies: ["ImageBuilder", "HostSystem", "TestSupport"]),
         .testTarget(
             name: "OCIRegistryTests",
             dependencies: ["OCIRegistry", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]

@@ -13,7 +13,7 @@ packages=(
   curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
   python3 python3-cryptography    # the token server of the bearer-token test registry
   libsqlite3-dev zlib1g-dev       # SQLite for the state database (GRDB); zlib for gzip layers
-  util-linux procps kmod xz-utils zstd
+  util-linux procps kmod xz-utils zstd lz4 bzip2   # lz4 etc.: unpacking kernel payloads (vmlinux)
 )
 if [ "$(id -u)" != 0 ]; then echo "install-deps.sh: run as root (apt-get install)" >&2; exit 1; fi
 missing=()
