@@ -153,7 +153,10 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "OCIImageTests", dependencies: ["OCIImage"]),
-        .testTarget(name: "ImageBuilderTests", dependencies: ["ImageBuilder", "HostSystem", "TestSupport"]),
+        .testTarget(
+            name: "ImageBuilderTests",
+            dependencies: ["ImageBuilder", "OCIRegistry", "MicroVMCore", "HostSystem", "TestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(
             name: "OCIRegistryTests",
             dependencies: ["OCIRegistry", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
