@@ -136,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "lmctl",
             dependencies: [
-                "AgentClient",
+                "AgentClient", "ImageBuilder", "OCIRegistry", "OCIImage", "MicroVMCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

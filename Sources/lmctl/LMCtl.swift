@@ -10,7 +10,7 @@ struct LMCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lmctl",
         abstract: "Create, inspect, watch and delete microVMs on a Liquid Metal (or Flintlock) host agent.",
-        subcommands: [Create.self, Get.self, List.self, Delete.self, Watch.self, Logs.self])
+        subcommands: [Create.self, Get.self, List.self, Delete.self, Watch.self, Logs.self, ImageCommand.self])
 }
 
 struct AgentOptions: ParsableArguments {
