@@ -35,7 +35,9 @@ extension ContainerdConnection {
         expected: OCIDescriptor, labels: [String: String], lease: String?,
         produce: @escaping @Sendable (_ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
-        let ref = "lm-ingest-\(Digest.hex(expected.digest))"
+        // One ingest per attempt: containerd 1.6 appends to a partial ingest of the same ref
+        // instead of starting over. Leftovers belong to the VM's lease and go with it.
+        let ref = "lm-ingest-\(Digest.hex(expected.digest).prefix(16))-\(UUID().uuidString.prefix(8))"
         do {
             try await call("content write") {
                 try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
