@@ -85,8 +85,14 @@ public struct ImageBuilder: Sendable {
         var where_ = "oci-layout:\(layoutDir):\(tag)"
         if case .registry(let ref, let registryConfig) = destination {
             let client = RegistryClient(config: registryConfig, logger: .init(label: "lmctl"))
-            defer { Task { try? await client.shutdown() } }
-            let pushed = try await LayoutPusher(client: client).push(layout: layoutDir, tag: tag, to: ref, progress: progress)
+            let pushed: String
+            do {
+                pushed = try await LayoutPusher(client: client).push(layout: layoutDir, tag: tag, to: ref, progress: progress)
+            } catch {
+                try? await client.shutdown()
+                throw error
+            }
+            try? await client.shutdown()
             guard pushed == manifest.digest else { throw ImageBuildError("pushed manifest \(pushed) differs from the built one \(manifest.digest)") }
             where_ = "\(ref)"
         }
