@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "OCIRegistry",
             dependencies: [
-                "MicroVMCore",
+                "MicroVMCore", "OCIImage",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -85,7 +85,7 @@ let package = Package(
         .target(
             name: "ContainerdImages",
             dependencies: [
-                "MicroVMCore", "ContainerdAPI", "HostSystem", "OCIRegistry",
+                "MicroVMCore", "ContainerdAPI", "HostSystem", "OCIRegistry", "OCIImage",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -165,7 +165,7 @@ let package = Package(
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(
             name: "ContainerdImagesTests",
-            dependencies: ["ContainerdImages", "OCIRegistry", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ContainerdImages", "OCIRegistry", "OCIImage", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "HostAgentTests",

@@ -30,6 +30,24 @@ public final class ContainerdImageService: ImageService {
         self.cacheDirectory = cacheDirectory
         self.logger = logger
         self.puller = ImagePuller(conn: conn, registry: RegistryClient(config: registry, logger: logger), snapshotter: snapshotter, logger: logger)
+        Self.unmountLeftovers(under: "\(cacheDirectory)/mnt", logger: logger)
+    }
+
+    /// Unmounts and removes snapshot views an earlier run left mounted (it died while building a
+    /// volume image). The views themselves belong to VM leases and go with them.
+    static func unmountLeftovers(under dir: String, logger: Logger) {
+        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        for line in mounts.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count > 4, fields[4].hasPrefix(dir + "/") else { continue }
+            let point = String(fields[4])
+            if umount(point) == 0 {
+                logger.warning("unmounted a snapshot view left by an earlier run", metadata: ["path": "\(point)"])
+            }
+        }
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            _ = rmdir("\(dir)/\(entry)")
+        }
     }
 
     public func shutdown() async {

@@ -2,6 +2,7 @@ import ContainerdAPI
 import Foundation
 import GRPCCore
 import NIOCore
+import OCIImage
 import OCIRegistry
 
 /// containerd's content store: info, read, streaming write and labels.
@@ -32,7 +33,7 @@ extension ContainerdConnection {
     /// Writes a blob whose bytes `produce` yields, committing it under `expected`'s digest with
     /// `labels`. A blob the store already has counts as written.
     func writeContent(
-        expected: OCIDescriptor, labels: [String: String], lease: String?,
+        expected: Descriptor, labels: [String: String], lease: String?,
         produce: @escaping @Sendable (_ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
         // One ingest per attempt: containerd 1.6 appends to a partial ingest of the same ref

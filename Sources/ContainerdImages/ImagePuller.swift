@@ -3,15 +3,16 @@ import Foundation
 import GRPCCore
 import Logging
 import MicroVMCore
+import OCIImage
 import OCIRegistry
 import NIOCore
 
 /// An image recorded in containerd and unpacked into a snapshotter.
 public struct PulledImage: Sendable, Equatable {
     public var name: String
-    public var manifest: OCIDescriptor
-    public var config: OCIDescriptor
-    public var layers: [OCIDescriptor]
+    public var manifest: Descriptor
+    public var config: Descriptor
+    public var layers: [Descriptor]
     public var chainIDs: [String]
     /// The snapshot holding the whole filesystem.
     public var topChainID: String { chainIDs.last ?? "" }
@@ -19,8 +20,8 @@ public struct PulledImage: Sendable, Equatable {
 
 struct Manifest: Decodable {
     var mediaType: String?
-    var config: OCIDescriptor
-    var layers: [OCIDescriptor]
+    var config: Descriptor
+    var layers: [Descriptor]
 }
 
 struct ImageConfig: Decodable {
@@ -87,7 +88,7 @@ struct ImagePuller: Sendable {
         } catch let e as RPCError where e.isNotFound {
             return nil
         }
-        let desc = OCIDescriptor(mediaType: record.target.mediaType, digest: record.target.digest, size: record.target.size)
+        let desc = Descriptor(mediaType: record.target.mediaType, digest: record.target.digest, size: record.target.size)
         if let want = ref.digest, want != desc.digest { return nil }
         guard try await conn.hasContent(desc.digest) else { return nil }
         let manifest = try JSONDecoder().decode(Manifest.self, from: try await conn.readContent(desc.digest))
@@ -110,7 +111,7 @@ struct ImagePuller: Sendable {
     }
 
     /// Applies each layer on top of its parent, committing snapshots named by chain id.
-    func unpack(name: String, manifest: OCIDescriptor, parsed: Manifest, lease: String?) async throws -> PulledImage {
+    func unpack(name: String, manifest: Descriptor, parsed: Manifest, lease: String?) async throws -> PulledImage {
         let config = try JSONDecoder().decode(ImageConfig.self, from: try await conn.readContent(parsed.config.digest))
         guard config.rootfs.diff_ids.count == parsed.layers.count else {
             throw RegistryError(message: "\(name): config lists \(config.rootfs.diff_ids.count) layers, manifest \(parsed.layers.count)")

@@ -123,7 +123,4 @@ public final class HostAgent: Service {
         await images.shutdown()
         logger.info("flintlockd stopped; microVMs keep running and are adopted on the next start")
     }
-
-    /// The address the TCP server listens on, for tests that use port 0.
-    public var description: String { "HostAgent(\(configuration.grpcEndpoint))" }
 }

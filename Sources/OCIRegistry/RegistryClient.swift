@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Crypto
+import OCIImage
 import Foundation
 import Logging
 import MicroVMCore
@@ -68,24 +69,6 @@ public struct RegistryConfig: Sendable {
     }
 }
 
-/// A descriptor as registries and OCI documents spell it.
-public struct OCIDescriptor: Codable, Sendable, Equatable {
-    public var mediaType: String
-    public var digest: String
-    public var size: Int64
-    public var platform: Platform?
-    public struct Platform: Codable, Sendable, Equatable {
-        public var architecture: String
-        public var os: String
-    }
-    public init(mediaType: String, digest: String, size: Int64, platform: Platform? = nil) {
-        self.mediaType = mediaType
-        self.digest = digest
-        self.size = size
-        self.platform = platform
-    }
-}
-
 /// A failure talking to a registry, worded for the VM's status.
 public struct RegistryError: Error, Sendable, CustomStringConvertible {
     public var message: String
@@ -127,10 +110,10 @@ public final class RegistryClient: Sendable {
 
     /// Fetches the manifest `reference` names (following an index to linux/amd64).
     /// Returns the manifest's descriptor and bytes.
-    public func resolveManifest(_ ref: ImageReference) async throws -> (OCIDescriptor, Data) {
+    public func resolveManifest(_ ref: ImageReference) async throws -> (Descriptor, Data) {
         var (desc, body) = try await fetchManifest(ref, reference: ref.manifestReference)
         if desc.mediaType.contains("index") || desc.mediaType.contains("manifest.list") {
-            struct Index: Decodable { var manifests: [OCIDescriptor] }
+            struct Index: Decodable { var manifests: [Descriptor] }
             let index = try JSONDecoder().decode(Index.self, from: body)
             guard let pick = index.manifests.first(where: { $0.platform?.os == "linux" && $0.platform?.architecture == "amd64" })
                 ?? (index.manifests.count == 1 ? index.manifests.first : nil)
@@ -140,7 +123,7 @@ public final class RegistryClient: Sendable {
         return (desc, body)
     }
 
-    func fetchManifest(_ ref: ImageReference, reference: String) async throws -> (OCIDescriptor, Data) {
+    func fetchManifest(_ ref: ImageReference, reference: String) async throws -> (Descriptor, Data) {
         var req = HTTPClientRequest(url: "\(baseURL(ref))/v2/\(ref.repository)/manifests/\(reference)")
         req.headers.add(name: "Accept", value: Self.manifestMediaTypes.joined(separator: ", "))
         let resp = try await send(req, ref: ref, what: "manifest \(reference)")
@@ -156,7 +139,7 @@ public final class RegistryClient: Sendable {
             struct Probe: Decodable { var mediaType: String? }
             mediaType = (try? JSONDecoder().decode(Probe.self, from: data).mediaType) ?? "application/vnd.oci.image.manifest.v1+json"
         }
-        return (OCIDescriptor(mediaType: mediaType, digest: digest, size: Int64(data.count)), data)
+        return (Descriptor(mediaType: mediaType, digest: digest, size: Int64(data.count)), data)
     }
 
     /// Streams a blob: calls `consume` with each chunk in order.

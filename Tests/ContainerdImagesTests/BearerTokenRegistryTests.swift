@@ -3,6 +3,7 @@ import Foundation
 import HostSystem
 import Logging
 import MicroVMCore
+import OCIImage
 import OCIRegistry
 import Testing
 import TestSupport
@@ -88,7 +89,7 @@ struct BearerTokenRegistryTests {
             let (desc, data) = try await client.resolveManifest(ref)
             #expect(desc.digest == token.pushedDigests[name], "the manifest skopeo pushed for lm-test/\(name)")
             #expect(desc.size == Int64(data.count))
-            struct Manifest: Decodable { var config: OCIDescriptor; var layers: [OCIDescriptor] }
+            struct Manifest: Decodable { var config: Descriptor; var layers: [Descriptor] }
             let manifest = try JSONDecoder().decode(Manifest.self, from: data)
             #expect(!manifest.layers.isEmpty)
 

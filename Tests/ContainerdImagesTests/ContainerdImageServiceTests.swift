@@ -97,6 +97,23 @@ struct ContainerdImageServiceTests {
         await anonymous.shutdown()
     }
 
+    @Test("a snapshot view left mounted by a crashed run is unmounted and removed when the service starts")
+    func leftoverMounts() async throws {
+        let env = try await TestEnvironment.shared()
+        let cache = "/tmp/lm-it-stale-\(UUID().uuidString.prefix(6))"
+        let stale = "\(cache)/mnt/\(UUID().uuidString)"
+        try HostFiles.createDirectory(stale)
+        defer { try? HostFiles.remove(cache) }
+        try await HostProcess.run(["mount", "-t", "tmpfs", "tmpfs", stale])
+        #expect(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).contains(stale))
+        let service = try ContainerdImageService(
+            socketPath: env.containerdSocket, namespace: "lmit-stale", snapshotter: "overlayfs",
+            cacheDirectory: cache, registry: RegistryConfig(), logger: Logger(label: "test"))
+        #expect(try !String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8).contains(stale))
+        #expect(!HostFiles.exists(stale))
+        await service.shutdown()
+    }
+
     @Test("containerd not reachable → UNAVAILABLE naming the socket")
     func unavailable() async throws {
         let service = try ContainerdImageService(

@@ -8,8 +8,10 @@ import TestSupport
 /// `lmctl image build` as a user runs it: reproducible digests, and images that boot through the agent.
 @Suite("lmctl image build", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, apt, containerd, a registry and QEMU (always runs in CI)"))
 struct ImageBuildEndToEndTests {
+    /// Runs lmctl; kernel builds share one package cache so apt downloads the .deb once.
     func lmctl(_ args: [String]) async throws -> String {
-        try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + ["--cache-dir", "/tmp/lm-kernel-cache"].filter { _ in args.contains("kernel") || args.contains("kernel-modules") })
+        let cache = args.contains("kernel") || args.contains("kernel-modules") ? ["--cache-dir", "/tmp/lm-kernel-cache"] : []
+        return try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + cache)
     }
 
     /// The manifest digest lmctl prints last (`REF@sha256:...`).
