@@ -52,7 +52,10 @@ let package = Package(
         // Builds kernel and root filesystem images (lmctl image build).
         .target(
             name: "ImageBuilder",
-            dependencies: ["OCIImage", "OCIRegistry", "HostSystem", "MicroVMCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "OCIImage", "OCIRegistry", "HostSystem", "MicroVMCore",
+                .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
+            ]
         ),
         // Small helpers around the host: processes, files, syscalls.
         .target(

@@ -9,6 +9,7 @@ packages=(
   skopeo umoci                    # building and pushing the fixture OCI images
   e2fsprogs                       # mkfs.ext4 -d: volume images from snapshots
   busybox-static cpio             # fixture initrd and root filesystem
+  mmdebstrap libcap2-bin          # Debian root filesystems (rootfs --preset cloud, --recipe); getcap in tests
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
   curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
   python3 python3-cryptography    # the token server of the bearer-token test registry

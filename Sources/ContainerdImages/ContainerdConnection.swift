@@ -9,11 +9,13 @@ public final class ContainerdConnection: Sendable {
     public let socketPath: String
     public let namespace: String
     let client: GRPCClient<HTTP2ClientTransport.Posix>
+    let logger: Logger
     private let runTask: Task<Void, Never>
 
     public init(socketPath: String, namespace: String, logger: Logger) throws {
         self.socketPath = socketPath
         self.namespace = namespace
+        self.logger = logger
         let transport = try HTTP2ClientTransport.Posix(
             target: .unixDomainSocket(path: socketPath, authority: "localhost"),
             transportSecurity: .plaintext,
@@ -64,7 +66,8 @@ public final class ContainerdConnection: Sendable {
         do {
             return try await body()
         } catch let e as RPCError where e.code == .unavailable || e.code == .deadlineExceeded {
-            throw AgentError(.unavailable, "containerd at \(socketPath) is unreachable (\(what)): \(e.message)")
+            let cause = e.cause.map { " (cause: \(String(reflecting: $0)))" } ?? ""
+            throw AgentError(.unavailable, "containerd at \(socketPath) is unreachable (\(what)): \(e.message)\(cause)")
         }
     }
 }

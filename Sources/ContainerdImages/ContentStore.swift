@@ -4,6 +4,7 @@ import GRPCCore
 import NIOCore
 import OCIImage
 import OCIRegistry
+import MicroVMCore
 
 /// containerd's content store: info, read, streaming write and labels.
 extension ContainerdConnection {
@@ -30,54 +31,106 @@ extension ContainerdConnection {
         }
     }
 
-    /// Writes a blob whose bytes `produce` yields, committing it under `expected`'s digest with
-    /// `labels`. A blob the store already has counts as written.
+    /// Writes a blob whose bytes `produce` yields from a given offset on, committing it under
+    /// `expected`'s digest with `labels`. A blob the store already has counts as written.
+    ///
+    /// When the connection to containerd drops mid-write, the write resumes on a new connection from
+    /// the offset containerd reports for the ingest (`produce` is called again with that offset).
+    /// This matters for large layers: containerd's gRPC server sends a flow-control PING for nearly
+    /// every burst of data it receives, and swift-nio-http2 closes a connection that receives more
+    /// than 200 PING/SETTINGS frames in 30 s (`ExcessiveControlFrames`), which a fast upload of some
+    /// tens of MB reaches. Up to `maxStalls` attempts in a row that make no progress end the write.
     func writeContent(
-        expected: Descriptor, labels: [String: String], lease: String?,
-        produce: @escaping @Sendable (_ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
+        expected: Descriptor, labels: [String: String], lease: String?, maxStalls: Int = 4,
+        produce: @escaping @Sendable (_ offset: Int64, _ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
-        // One ingest per attempt: containerd 1.6 appends to a partial ingest of the same ref
-        // instead of starting over. Leftovers belong to the VM's lease and go with it.
+        // One ingest ref per blob write, kept across resumptions. Leftovers belong to the VM's lease.
         let ref = "lm-ingest-\(Digest.hex(expected.digest).prefix(16))-\(UUID().uuidString.prefix(8))"
-        do {
-            try await call("content write") {
-                try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
-                    let offset = OffsetBox()
-                    try await produce { buffer in
-                        var buffer = buffer
-                        // Keep each message well under containerd's 16 MiB limit.
-                        while buffer.readableBytes > 0 {
-                            let n = min(buffer.readableBytes, 1 << 20)
-                            let bytes = buffer.readData(length: n)!
-                            let start = await offset.advance(by: Int64(n))
-                            try await writer.write(.with {
-                                $0.action = .write
-                                $0.ref = ref
-                                $0.total = expected.size
-                                $0.expected = expected.digest
-                                $0.offset = start
-                                $0.data = bytes
-                            })
+        let progress = OffsetBox()
+        var stalls = 0
+        while true {
+            let before = await progress.value
+            do {
+                try await writeAttempt(ref: ref, expected: expected, labels: labels, lease: lease, progress: progress, produce: produce)
+                return
+            } catch let e as RPCError where e.isAlreadyExists {
+                if !labels.isEmpty { try await setContentLabels(expected.digest, labels) }
+                return
+            } catch let e as RPCError where e.code == .unavailable {
+                let reached = await progress.value
+                stalls = reached > before ? 0 : stalls + 1
+                guard stalls < maxStalls else {
+                    let cause = e.cause.map { " (cause: \(String(reflecting: $0)))" } ?? ""
+                    throw AgentError(.unavailable, "containerd at \(socketPath) is unreachable (content write of \(expected.digest) at \(reached) of \(expected.size) bytes): \(e.message)\(cause)")
+                }
+                logger.info("containerd connection dropped during a content write; resuming", metadata: [
+                    "digest": "\(expected.digest)", "offset": "\(reached)", "size": "\(expected.size)", "error": "\(e.message)",
+                ])
+                try await Task.sleep(for: .milliseconds(100 << min(stalls, 4)))
+            }
+        }
+    }
+
+    /// One Write stream: `stat` the ingest to learn where containerd stands, send the rest, commit.
+    private func writeAttempt(
+        ref: String, expected: Descriptor, labels: [String: String], lease: String?, progress: OffsetBox,
+        produce: @escaping @Sendable (_ offset: Int64, _ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
+    ) async throws {
+        let (startOffsets, startContinuation) = AsyncStream.makeStream(of: Int64.self)
+        var options = Self.options(timeout: .seconds(3600))
+        options.waitForReady = true // a dropped connection is being re-established
+        try await content.write(metadata: metadata(lease: lease), options: options) { writer in
+            try await writer.write(.with {
+                $0.action = .stat
+                $0.ref = ref
+                $0.total = expected.size
+                $0.expected = expected.digest
+            })
+            var starts = startOffsets.makeAsyncIterator()
+            guard let start = await starts.next() else { throw RPCError(code: .unavailable, message: "no answer to the ingest stat") }
+            await progress.set(start)
+            if start < expected.size {
+                try await produce(start) { buffer in
+                    var buffer = buffer
+                    // Keep each message well under containerd's 16 MiB limit.
+                    while buffer.readableBytes > 0 {
+                        let n = min(buffer.readableBytes, 1 << 20)
+                        let bytes = buffer.readData(length: n)!
+                        let offset = await progress.value
+                        guard offset + Int64(n) <= expected.size else {
+                            throw RegistryError(message: "blob \(expected.digest): more than the expected \(expected.size) bytes")
                         }
+                        try await writer.write(.with {
+                            $0.action = .write
+                            $0.ref = ref
+                            $0.total = expected.size
+                            $0.expected = expected.digest
+                            $0.offset = offset
+                            $0.data = bytes
+                        })
+                        await progress.set(offset + Int64(n))
                     }
-                    let written = await offset.value
-                    guard written == expected.size else {
-                        throw RegistryError(message: "blob \(expected.digest): got \(written) bytes, expected \(expected.size)")
-                    }
-                    try await writer.write(.with {
-                        $0.action = .commit
-                        $0.ref = ref
-                        $0.total = expected.size
-                        $0.expected = expected.digest
-                        $0.offset = written
-                        $0.labels = labels
-                    })
-                } onResponse: { response in
-                    for try await r in response.messages where r.action == .commit { return }
                 }
             }
-        } catch let e as RPCError where e.isAlreadyExists {
-            if !labels.isEmpty { try await setContentLabels(expected.digest, labels) }
+            let written = await progress.value
+            guard written == expected.size else {
+                throw RegistryError(message: "blob \(expected.digest): got \(written) bytes, expected \(expected.size)")
+            }
+            try await writer.write(.with {
+                $0.action = .commit
+                $0.ref = ref
+                $0.total = expected.size
+                $0.expected = expected.digest
+                $0.offset = written
+                $0.labels = labels
+            })
+        } onResponse: { response in
+            defer { startContinuation.finish() }
+            var first = true
+            for try await r in response.messages {
+                if first { startContinuation.yield(r.offset); first = false }
+                if r.action == .commit { return }
+            }
         }
     }
 
@@ -93,10 +146,8 @@ extension ContainerdConnection {
     }
 }
 
+/// Bytes of a blob that containerd has (as far as this writer knows).
 actor OffsetBox {
     var value: Int64 = 0
-    func advance(by n: Int64) -> Int64 {
-        defer { value += n }
-        return value
-    }
+    func set(_ v: Int64) { value = v }
 }

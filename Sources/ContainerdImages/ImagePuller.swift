@@ -59,15 +59,15 @@ struct ImagePuller: Sendable {
         }
         // Blobs first (children before parents), so GC labels never point at missing content.
         for blob in [manifest.config] + manifest.layers where try await !conn.hasContent(blob.digest) {
-            try await conn.writeContent(expected: blob, labels: [:], lease: lease) { emit in
-                try await registry.fetchBlob(ref, digest: blob.digest, consume: emit)
+            try await conn.writeContent(expected: blob, labels: [:], lease: lease) { offset, emit in
+                try await registry.fetchBlob(ref, digest: blob.digest, from: offset, consume: emit)
             }
         }
         var labels = ["containerd.io/gc.ref.content.config": manifest.config.digest]
         for (i, l) in manifest.layers.enumerated() { labels["containerd.io/gc.ref.content.l.\(i)"] = l.digest }
         let data = manifestData
-        try await conn.writeContent(expected: manifestDesc, labels: labels, lease: lease) { emit in
-            try await emit(ByteBuffer(data: data))
+        try await conn.writeContent(expected: manifestDesc, labels: labels, lease: lease) { offset, emit in
+            try await emit(ByteBuffer(data: data.dropFirst(Int(offset))))
         }
         let image = try await unpack(name: ref.description, manifest: manifestDesc, parsed: manifest, lease: lease)
         try await record(image)

@@ -54,7 +54,9 @@ public enum HostProcess {
     }
 
     /// Runs `argv` to completion; returns how it ended and what it printed (stdout and stderr).
-    public static func runCapturing(_ argv: [String], input: String? = nil, environment: [String: String]? = nil) async throws -> (Termination, String) {
+    /// `onLine`, when given, also receives each line of output as it arrives (without its newline).
+    public static func runCapturing(_ argv: [String], input: String? = nil, environment: [String: String]? = nil,
+                                    onLine: (@Sendable (String) -> Void)? = nil) async throws -> (Termination, String) {
         var outPipe: [Int32] = [0, 0]
         guard pipe(&outPipe) == 0 else { throw SpawnError(executable: argv[0], errno: errno) }
         var inPipe: [Int32] = [-1, -1]
@@ -87,12 +89,20 @@ public enum HostProcess {
             Thread.detachNewThread {
                 var bytes: [UInt8] = []
                 var buf = [UInt8](repeating: 0, count: 65536)
+                var lineStart = 0
                 while true {
                     let n = buf.withUnsafeMutableBytes { read(readFD, $0.baseAddress, $0.count) }
                     if n < 0 && errno == EINTR { continue }
                     if n <= 0 { break }
                     bytes.append(contentsOf: buf[0..<n])
+                    if let onLine {
+                        while let newline = bytes[lineStart...].firstIndex(of: UInt8(ascii: "\n")) {
+                            onLine(String(decoding: bytes[lineStart..<newline], as: UTF8.self))
+                            lineStart = newline + 1
+                        }
+                    }
                 }
+                if let onLine, lineStart < bytes.count { onLine(String(decoding: bytes[lineStart...], as: UTF8.self)) }
                 close(readFD)
                 let status = waitFor(pid)
                 cont.resume(returning: (status, String(decoding: bytes, as: UTF8.self)))

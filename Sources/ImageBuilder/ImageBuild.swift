@@ -20,6 +20,8 @@ public enum ImageRecipe: Sendable {
     case kernelModules(KernelSource)
     /// The busybox `minimal` root filesystem.
     case minimalRootfs
+    /// A root filesystem from Debian packages (the `cloud` and `k8s-node` presets, or `--recipe`).
+    case debianRootfs(RootfsRecipe)
 }
 
 /// A Debian kernel package by name (nil: the newest Debian 12 cloud kernel) or a local .deb.
@@ -37,7 +39,7 @@ public struct BuiltImage: Sendable {
 }
 
 /// Builds kernel and root filesystem images reproducibly: the same inputs give the same digest
-/// (fixed timestamps from `epoch`, sorted entries, root ownership).
+/// (fixed timestamps from `epoch`, sorted entries, fixed ownership: root's, or the packages' own for Debian trees).
 public struct ImageBuilder: Sendable {
     public var workDirectory: String
     public var cacheDirectory: String
@@ -67,6 +69,11 @@ public struct ImageBuilder: Sendable {
             labels["org.opencontainers.image.title"] = "Liquid Metal minimal root filesystem"
             progress("writing the minimal root filesystem")
             try await MinimalRootfs().write(to: stage)
+        case .debianRootfs(let recipe):
+            labels["org.opencontainers.image.title"] = recipe.title
+            labels["io.liquidmetal.rootfs.suite"] = recipe.suite
+            try await DebianRootfs(recipe: recipe, cacheDirectory: cacheDirectory, workDirectory: workDirectory,
+                                   epoch: epoch.seconds, progress: progress).write(to: stage)
         }
 
         let (layoutDir, tag): (String, String)
@@ -77,7 +84,11 @@ public struct ImageBuilder: Sendable {
         if case .registry = destination { try HostFiles.remove(layoutDir) }
         progress("packing the layer (tar + gzip)")
         let writer = try OCILayoutWriter(directory: URL(fileURLWithPath: layoutDir))
-        let layer = try writer.addLayer(fromDirectory: URL(fileURLWithPath: stage), epoch: epoch)
+        // Trees installed from packages keep their owners and file capabilities; trees the builder writes
+        // itself are all root's.
+        let metadata: TarWriter.ScannedMetadata
+        if case .debianRootfs = recipe { metadata = .ownersAndCapabilities } else { metadata = .none }
+        let layer = try writer.addLayer(fromDirectory: URL(fileURLWithPath: stage), epoch: epoch, metadata: metadata)
         let config = ImageConfiguration(config: ContainerConfig(labels: labels), created: epoch.rfc3339, author: "lmctl image build")
         let manifest = try writer.writeImage(layers: [layer], config: config, tag: tag)
         progress("layer \(layer.descriptor.digest) (\(layer.descriptor.size) bytes), manifest \(manifest.digest)")

@@ -117,7 +117,8 @@ public struct InitrdBuilder: Sendable {
           sleep 0.1
         done
         mount -t ext4 -o rw "$root" /newroot || fail "cannot mount $root (ext4) on /newroot"
-        [ -e /newroot/sbin/init ] || fail "$root has no /sbin/init"
+        # /sbin/init may be an absolute symlink (Debian: /lib/systemd/systemd), which only resolves inside the new root.
+        [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || fail "$root has no /sbin/init"
         for d in dev proc sys; do mkdir -p "/newroot/$d"; mount --move "/$d" "/newroot/$d" || fail "cannot move /$d"; done
         exec switch_root /newroot /sbin/init
 

@@ -63,10 +63,12 @@ public final class OCILayoutWriter {
     /// - Parameters:
     ///   - epoch: mtime of every entry.
     ///   - extraEntries: in-memory entries added to (or replacing paths of) the tree, e.g. `etc/hostname`.
+    ///   - metadata: whether owners and extended attributes on disk are recorded (default: all 0:0, none).
     ///   - compressionLevel: zlib level 0...9.
     public func addLayer(fromDirectory source: URL, epoch: SourceDateEpoch = .zero, extraEntries: [TarEntry] = [],
+                         metadata: TarWriter.ScannedMetadata = .none,
                          detectHardLinks: Bool = true, compressionLevel: Int = 6) throws -> LayerDescriptor {
-        let entries = try TarWriter.entries(inDirectory: source) + extraEntries
+        let entries = try TarWriter.entries(inDirectory: source, metadata: metadata) + extraEntries
         return try addLayer(entries: entries, epoch: epoch, detectHardLinks: detectHardLinks,
                             compressionLevel: compressionLevel)
     }

@@ -6,6 +6,12 @@ import Musl
 import Darwin
 #endif
 
+#if !canImport(Darwin)
+/// lgetxattr(2) from the C library: Glibc's Swift module does not include <sys/xattr.h>.
+@_silgen_name("lgetxattr")
+private func lgetxattrC(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer?, _ size: Int) -> Int
+#endif
+
 /// Thin helpers over the POSIX calls the archiver needs (lstat, readdir, read, write).
 enum POSIX {
     static let typeMask: UInt32 = 0o170000
@@ -25,6 +31,8 @@ enum POSIX {
         var inode: UInt64
         var linkCount: UInt64
         var rdev: UInt64
+        var uid: UInt32
+        var gid: UInt32
 
         var fileType: UInt32 { mode & POSIX.typeMask }
     }
@@ -55,7 +63,9 @@ enum POSIX {
             device: UInt64(truncatingIfNeeded: st.st_dev),
             inode: UInt64(truncatingIfNeeded: st.st_ino),
             linkCount: UInt64(truncatingIfNeeded: st.st_nlink),
-            rdev: UInt64(truncatingIfNeeded: st.st_rdev)
+            rdev: UInt64(truncatingIfNeeded: st.st_rdev),
+            uid: UInt32(st.st_uid),
+            gid: UInt32(st.st_gid)
         )
     }
 
@@ -82,6 +92,25 @@ enum POSIX {
         let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
         let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
         return (UInt32(truncatingIfNeeded: major), UInt32(truncatingIfNeeded: minor))
+        #endif
+    }
+
+    /// An extended attribute's value, nil when the file does not have it (or the filesystem has none).
+    static func xattr(_ path: String, name: String) throws -> [UInt8]? {
+        #if canImport(Darwin)
+        return nil
+        #else
+        var capacity = 256
+        while true {
+            var buffer = [UInt8](repeating: 0, count: capacity)
+            let n = lgetxattrC(path, name, &buffer, capacity)
+            if n >= 0 { return Array(buffer[0..<n]) }
+            switch POSIX.errno {
+            case ENODATA, ENOTSUP: return nil
+            case ERANGE: capacity *= 16
+            case let code: throw ioError("getxattr \(name)", path, code)
+            }
+        }
         #endif
     }
 

@@ -4,7 +4,8 @@ import Foundation
 ///
 /// Paths are relative to the image root: a leading "/" or "./" is dropped, "." components and repeated
 /// slashes are removed, and a ".." component is rejected. The archive writes directories with a trailing "/".
-/// Owners, timestamps and extended attributes are never recorded (see `TarWriter`).
+/// Timestamps are never recorded; owners are 0:0 and there are no extended attributes unless an entry carries
+/// them (root filesystems built from packages do, see `TarWriter.entries(inDirectory:metadata:)`).
 public struct TarEntry: Sendable, Hashable {
     /// What an entry is.
     public enum Kind: Sendable, Hashable {
@@ -44,6 +45,12 @@ public struct TarEntry: Sendable, Hashable {
     public var mode: UInt32 {
         didSet { mode &= 0o7777 }
     }
+    /// Numeric owner (uid) recorded in the archive; 0 unless set.
+    public var owner: UInt32 = 0
+    /// Numeric group (gid) recorded in the archive; 0 unless set.
+    public var group: UInt32 = 0
+    /// Extended attributes (for example `security.capability`), written as PAX `SCHILY.xattr.` records in name order.
+    public var xattrs: [String: [UInt8]] = [:]
     /// For files scanned from disk with more than one link: identifies the inode, for hard link detection.
     var inode: InodeKey?
 

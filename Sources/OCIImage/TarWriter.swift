@@ -5,9 +5,10 @@ import Foundation
 /// Every entry gets the same metadata apart from its name, type, permission bits, size, link target and
 /// device numbers:
 /// - mtime = `sourceDateEpoch`; no atime/ctime (no PAX time records).
-/// - uid = gid = 0 and empty user/group names.
+/// - numeric uid and gid as the entry says (0 unless set), empty user/group names.
 /// - mode = permission bits only (`mode & 0o7777`, setuid/setgid/sticky kept).
-/// - no extended attributes, ACLs or file capabilities are recorded; sockets are skipped.
+/// - the entry's extended attributes (none unless set) as PAX `SCHILY.xattr.NAME` records in name order;
+///   no ACLs; sockets are skipped.
 ///
 /// A name longer than 100 bytes is split into the ustar prefix/name fields when it can be, otherwise stored in a
 /// PAX `path` record; a link target longer than 100 bytes goes into a PAX `linkpath` record, a size of 8 GiB or
@@ -47,7 +48,7 @@ public final class TarWriter {
     /// Scans `directory`, merges `extraEntries` (which replace scanned entries with the same path), sorts
     /// everything and appends it. The directory itself is not an entry; symlinks inside it are not followed.
     public func appendDirectory(_ directory: URL, extraEntries: [TarEntry] = [], detectHardLinks: Bool = true) throws {
-        let scanned = try TarWriter.entries(inDirectory: directory)
+        let scanned = try TarWriter.entries(inDirectory: directory, metadata: .none)
         try append(contentsOf: scanned + extraEntries, detectHardLinks: detectHardLinks)
     }
 
@@ -65,10 +66,23 @@ public final class TarWriter {
         try writer.finish()
     }
 
+    /// What `entries(inDirectory:metadata:)` records besides names, types, modes and contents.
+    public enum ScannedMetadata: Sendable {
+        /// Everything owned by 0:0, no extended attributes: for trees staged by the builder itself.
+        case none
+        /// Numeric uid/gid from disk and the extended attributes in `xattrNames` that are present
+        /// (for root filesystems installed from packages, whose files belong to system users and carry
+        /// file capabilities).
+        case ownersAndXattrs(xattrNames: [String])
+
+        /// Owners plus `security.capability` (file capabilities, as `setcap` writes them).
+        public static let ownersAndCapabilities = ScannedMetadata.ownersAndXattrs(xattrNames: ["security.capability"])
+    }
+
     /// The entries of a directory tree (not including the root), unsorted. Regular files are referenced, not
     /// read; symlinks are not followed and get mode 0777; sockets are skipped. Names that are not valid UTF-8
     /// are an error.
-    public static func entries(inDirectory directory: URL) throws -> [TarEntry] {
+    public static func entries(inDirectory directory: URL, metadata: ScannedMetadata = .none) throws -> [TarEntry] {
         let root = directory.path
         let rootStatus = try POSIX.status(root)
         guard rootStatus.fileType == POSIX.typeDirectory else {
@@ -107,6 +121,15 @@ public final class TarWriter {
                 let mode: UInt32 = st.fileType == POSIX.typeSymlink ? 0o777 : st.mode
                 var entry = try TarEntry(path: archivePath, kind: kind, mode: mode)
                 entry.inode = inode
+                if case .ownersAndXattrs(let names) = metadata {
+                    entry.owner = st.uid
+                    entry.group = st.gid
+                    if st.fileType != POSIX.typeSymlink {
+                        for name in names {
+                            if let value = try POSIX.xattr(diskPath, name: name) { entry.xattrs[name] = value }
+                        }
+                    }
+                }
                 result.append(entry)
             }
         }
@@ -170,9 +193,10 @@ public final class TarWriter {
     public func append(_ entry: TarEntry) throws {
         guard !finished else { throw OCIImageError.alreadyFinished }
         let name = Array(entry.archiveName.utf8)
+        let meta = HeaderMetadata(owner: entry.owner, group: entry.group, xattrs: entry.xattrs)
         switch entry.kind {
         case .regularFile(let content):
-            try writeHeader(name: name, type: UInt8(ascii: "0"), mode: entry.mode, size: content.size)
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "0"), mode: entry.mode, size: content.size)
             switch content {
             case .bytes(let bytes):
                 try emit(bytes)
@@ -181,17 +205,17 @@ public final class TarWriter {
             }
             try pad(content.size)
         case .directory:
-            try writeHeader(name: name, type: UInt8(ascii: "5"), mode: entry.mode)
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "5"), mode: entry.mode)
         case .symlink(let target):
-            try writeHeader(name: name, type: UInt8(ascii: "2"), mode: entry.mode, linkName: Array(target.utf8))
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "2"), mode: entry.mode, linkName: Array(target.utf8))
         case .hardLink(let target):
-            try writeHeader(name: name, type: UInt8(ascii: "1"), mode: entry.mode, linkName: Array(target.utf8))
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "1"), mode: entry.mode, linkName: Array(target.utf8))
         case .characterDevice(let major, let minor):
-            try writeHeader(name: name, type: UInt8(ascii: "3"), mode: entry.mode, major: major, minor: minor)
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "3"), mode: entry.mode, major: major, minor: minor)
         case .blockDevice(let major, let minor):
-            try writeHeader(name: name, type: UInt8(ascii: "4"), mode: entry.mode, major: major, minor: minor)
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "4"), mode: entry.mode, major: major, minor: minor)
         case .fifo:
-            try writeHeader(name: name, type: UInt8(ascii: "6"), mode: entry.mode)
+            try writeHeader(name: name, meta: meta, type: UInt8(ascii: "6"), mode: entry.mode)
         }
     }
 
@@ -242,8 +266,15 @@ public final class TarWriter {
     private static let maxOctal7: UInt64 = 0o7777777
     private static let maxOctal11: UInt64 = 0o77777777777
 
-    private func writeHeader(name: [UInt8], type: UInt8, mode: UInt32, size: Int64 = 0, linkName: [UInt8] = [],
-                             major: UInt32 = 0, minor: UInt32 = 0) throws {
+    /// Per-entry header fields besides name, type, mode, size, link and device.
+    private struct HeaderMetadata {
+        var owner: UInt32
+        var group: UInt32
+        var xattrs: [String: [UInt8]]
+    }
+
+    private func writeHeader(name: [UInt8], meta: HeaderMetadata, type: UInt8, mode: UInt32, size: Int64 = 0,
+                             linkName: [UInt8] = [], major: UInt32 = 0, minor: UInt32 = 0) throws {
         guard sourceDateEpoch.seconds >= 0, UInt64(sourceDateEpoch.seconds) <= TarWriter.maxOctal11 else {
             throw OCIImageError.valueOutOfRange(field: "mtime", value: sourceDateEpoch.description)
         }
@@ -272,6 +303,15 @@ public final class TarWriter {
             records.append(("size", Array(String(size).utf8)))
             ustarSize = 0
         }
+        guard UInt64(meta.owner) <= TarWriter.maxOctal7, UInt64(meta.group) <= TarWriter.maxOctal7 else {
+            throw OCIImageError.valueOutOfRange(field: "uid/gid", value: "\(meta.owner):\(meta.group)")
+        }
+        for key in meta.xattrs.keys.sorted() {
+            guard !key.isEmpty, !key.utf8.contains(0), !key.utf8.contains(UInt8(ascii: "=")) else {
+                throw OCIImageError.invalidEntries("invalid extended attribute name \"\(key)\"")
+            }
+            records.append(("SCHILY.xattr." + key, meta.xattrs[key]!))
+        }
         if !records.isEmpty {
             var body: [UInt8] = []
             for record in records { body += TarWriter.paxRecord(key: record.key, value: record.value) }
@@ -285,12 +325,12 @@ public final class TarWriter {
             try pad(Int64(body.count))
         }
         try emit(header(name: ustarName, prefix: ustarPrefix, type: type, mode: mode, size: ustarSize,
-                        linkName: ustarLink, major: major, minor: minor))
+                        linkName: ustarLink, major: major, minor: minor, owner: meta.owner, group: meta.group))
     }
 
     /// One ustar header block.
     private func header(name: [UInt8], prefix: [UInt8], type: UInt8, mode: UInt32, size: UInt64, linkName: [UInt8],
-                        major: UInt32, minor: UInt32) -> [UInt8] {
+                        major: UInt32, minor: UInt32, owner: UInt32 = 0, group: UInt32 = 0) -> [UInt8] {
         var block = [UInt8](repeating: 0, count: TarWriter.blockSize)
         func put(_ bytes: [UInt8], at offset: Int, width: Int) {
             precondition(bytes.count <= width)
@@ -310,8 +350,8 @@ public final class TarWriter {
         }
         put(name, at: 0, width: 100)
         putOctal(UInt64(mode & 0o7777), at: 100, width: 8)
-        putOctal(0, at: 108, width: 8) // uid
-        putOctal(0, at: 116, width: 8) // gid
+        putOctal(UInt64(owner), at: 108, width: 8) // uid
+        putOctal(UInt64(group), at: 116, width: 8) // gid
         putOctal(size, at: 124, width: 12)
         putOctal(UInt64(sourceDateEpoch.seconds), at: 136, width: 12)
         block[156] = type

@@ -142,11 +142,24 @@ public final class RegistryClient: Sendable {
         return (Descriptor(mediaType: mediaType, digest: digest, size: Int64(data.count)), data)
     }
 
-    /// Streams a blob: calls `consume` with each chunk in order.
-    public func fetchBlob(_ ref: ImageReference, digest: String, consume: (ByteBuffer) async throws -> Void) async throws {
-        let req = HTTPClientRequest(url: "\(baseURL(ref))/v2/\(ref.repository)/blobs/\(digest)")
-        let resp = try await send(req, ref: ref, what: "blob \(digest)", timeout: .minutes(30))
-        for try await chunk in resp.body { try await consume(chunk) }
+    /// Streams a blob from `offset` on, calling `consume` with each chunk in order. A non-zero offset
+    /// is asked for with a `Range` header; when the registry sends the whole blob anyway, the bytes
+    /// before `offset` are dropped here.
+    public func fetchBlob(_ ref: ImageReference, digest: String, from offset: Int64 = 0, consume: (ByteBuffer) async throws -> Void) async throws {
+        var req = HTTPClientRequest(url: "\(baseURL(ref))/v2/\(ref.repository)/blobs/\(digest)")
+        if offset > 0 { req.headers.add(name: "Range", value: "bytes=\(offset)-") }
+        let resp = try await send(req, ref: ref, what: "blob \(digest)", timeout: .minutes(30), expect: offset > 0 ? [200, 206] : [200])
+        // A registry that ignores Range sends the whole blob: skip what the caller already has.
+        var skip = resp.status.code == 206 ? 0 : offset
+        for try await var chunk in resp.body {
+            if skip > 0 {
+                let n = Int(min(Int64(chunk.readableBytes), skip))
+                chunk.moveReaderIndex(forwardBy: n)
+                skip -= Int64(n)
+                if chunk.readableBytes == 0 { continue }
+            }
+            try await consume(chunk)
+        }
     }
 
     /// Sends a request, answering one authentication challenge (Basic or Bearer) if needed, and

@@ -101,15 +101,62 @@ struct BuildKernelModules: AsyncParsableCommand {
 struct BuildRootfs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rootfs",
-        abstract: "A root filesystem image.",
-        discussion: "Presets: minimal (busybox; an /sbin/init that prints LIQUIDMETAL-GUEST-READY and configures eth0 from lm_ip=ADDR/PREFIX lm_gw=GW). The cloud and k8s-node presets and --recipe are not implemented yet.")
-    @Option(help: "minimal, cloud or k8s-node.") var preset: String = "minimal"
+        abstract: "A root filesystem image, from a preset or a recipe.",
+        discussion: """
+            Presets:
+              minimal   busybox; an /sbin/init that prints LIQUIDMETAL-GUEST-READY and configures eth0 from
+                        lm_ip=ADDR/PREFIX lm_gw=GW on the kernel command line. Needs busybox-static.
+              cloud     Debian 12 with systemd, cloud-init (NoCloud seed disk, else no datasource), openssh
+                        (host keys made on first boot) and ifupdown networking.
+              k8s-node  cloud plus containerd (Debian) and kubelet, kubeadm, kubectl from --package-source.
+            --recipe FILE.yaml describes a Debian root filesystem: suite, mirror, variant, hostname, packages,
+            sources, files, users and services (see docs/image-builder.md).
+            Debian trees are built with mmdebstrap (needs root); downloaded packages are kept under
+            --cache-dir/debs and reused. The Debian archive is the host's apt sources for the suite unless
+            --mirror or the recipe names one.
+            """)
+    @Option(help: "minimal, cloud or k8s-node.") var preset: String?
+    @Option(help: "A recipe file (YAML) instead of a preset.") var recipe: String?
+    @Option(name: .customLong("package-source"), help: "An extra apt source, one line: 'deb [options] URI SUITE [COMPONENT...]' (k8s-node: where kubelet, kubeadm and kubectl come from).")
+    var packageSource: String?
+    @Option(name: .customLong("package-source-key"), help: "The key that signs --package-source (.asc or .gpg).")
+    var packageSourceKey: String?
+    @Option(help: "Debian archive URL for cloud, k8s-node and recipes that name none. (default: the host's apt sources)")
+    var mirror: String?
+    @Flag(name: .customLong("print-recipe"), help: "Print the recipe the preset or file amounts to, then exit.")
+    var printRecipe = false
     @OptionGroup var output: BuildOutputOptions
+
+    func validate() throws {
+        if preset != nil && recipe != nil { throw ValidationError("give --preset or --recipe, not both") }
+        if let preset, !["minimal", "cloud", "k8s-node"].contains(preset) { throw ValidationError("--preset must be minimal, cloud or k8s-node") }
+        if packageSourceKey != nil && packageSource == nil { throw ValidationError("--package-source-key needs --package-source") }
+    }
+
     func run() async throws {
-        switch preset {
-        case "minimal": try await output.run(.minimalRootfs)
-        case "cloud", "k8s-node": throw CommandFailed(description: "--preset \(preset) is not implemented yet (only minimal is)")
-        default: throw ValidationError("--preset must be minimal, cloud or k8s-node")
+        let source = packageSource.map { RootfsRecipe.PackageSource(line: $0, key: packageSourceKey) }
+        var r: RootfsRecipe
+        do {
+            switch (preset ?? (recipe == nil ? "minimal" : nil), recipe) {
+            case ("minimal"?, _):
+                guard source == nil, mirror == nil else { throw ValidationError("--package-source and --mirror are for Debian root filesystems, not minimal") }
+                if printRecipe { print("minimal: busybox (not a Debian recipe)"); return }
+                try await output.run(.minimalRootfs)
+                return
+            case ("cloud"?, _): r = RootfsPresets.cloud()
+            case ("k8s-node"?, _):
+                guard let source else { throw CommandFailed(description: RootfsPresets.k8sSourceHelp) }
+                r = RootfsPresets.k8sNode(source: source)
+            case (_, let file?): r = try RootfsRecipe.load(path: file)
+            default: throw ValidationError("give --preset or --recipe")
+            }
+            if preset != "k8s-node", let source { r.sources.append(source) }
+            if let mirror { r.mirror = mirror }
+            try r.validate()
+        } catch let e as ImageBuildError {
+            throw CommandFailed(description: e.description)
         }
+        if printRecipe { print(r.yaml()); return }
+        try await output.run(.debianRootfs(r))
     }
 }

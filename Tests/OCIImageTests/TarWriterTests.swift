@@ -257,3 +257,57 @@ struct TarWriterTests {
         #expect(entries.map(\.path) == ["keep"])
     }
 }
+
+@Suite("TarWriter owners and extended attributes")
+struct TarWriterOwnershipTests {
+    @Test("an entry's uid, gid and xattrs are written; entries without them stay 0:0 with no records")
+    func ownersAndXattrs() throws {
+        var ping = try TarEntry.file("usr/bin/ping", contents: "elf", mode: 0o755)
+        let capability: [UInt8] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00]
+        ping.xattrs = ["security.capability": capability]
+        var shadow = try TarEntry.file("etc/shadow", contents: "root:*:19675:0:99999:7:::\n", mode: 0o640)
+        shadow.group = 42
+        var home = try TarEntry.directory("home/debian", mode: 0o755)
+        home.owner = 1000
+        home.group = 1000
+        let plain = try TarEntry.file("etc/hostname", contents: "lm\n")
+        let sink = MemorySink()
+        try TarWriter.write(entries: [ping, shadow, home, plain], to: sink, sourceDateEpoch: 1)
+        let parsed = Dictionary(uniqueKeysWithValues: try parseTar(sink.bytes).map { ($0.name, $0) })
+        #expect(parsed["usr/bin/ping"]?.paxRecords["SCHILY.xattr.security.capability"] == String(decoding: capability, as: UTF8.self))
+        #expect(parsed["usr/bin/ping"]?.uid == 0)
+        #expect(parsed["etc/shadow"]?.uid == 0)
+        #expect(parsed["etc/shadow"]?.gid == 42)
+        #expect(parsed["home/debian/"]?.uid == 1000)
+        #expect(parsed["home/debian/"]?.gid == 1000)
+        #expect(parsed["etc/hostname"]?.paxRecords.isEmpty == true)
+        #expect(parsed["etc/hostname"]?.uid == 0 && parsed["etc/hostname"]?.gid == 0)
+    }
+
+    @Test("scanning records owners only when asked")
+    func scannedOwners() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lm-owners-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("owned")
+        try Data("x".utf8).write(to: file)
+        var expectedUID = getuid(), expectedGID = getgid()
+        if getuid() == 0 {
+            #expect(chown(file.path, 1234, 4321) == 0)
+            (expectedUID, expectedGID) = (1234, 4321)
+        }
+        let plain = try TarWriter.entries(inDirectory: dir)
+        #expect(plain.first?.owner == 0 && plain.first?.group == 0)
+        let owned = try TarWriter.entries(inDirectory: dir, metadata: .ownersAndCapabilities)
+        #expect(owned.first?.owner == expectedUID)
+        #expect(owned.first?.group == expectedGID)
+        #expect(owned.first?.xattrs.isEmpty == true)
+    }
+
+    @Test("an xattr name with '=' is refused")
+    func badXattrName() throws {
+        var e = try TarEntry.file("a", contents: "x")
+        e.xattrs = ["user.a=b": [1]]
+        #expect(throws: OCIImageError.self) { try TarWriter.write(entries: [e], to: MemorySink()) }
+    }
+}
