@@ -23,7 +23,7 @@ size() { # name: compressed layer size of the newest layout for name
   du -sb --apparent-size "$d/blobs" | awk '{printf "%.1f MiB", $1 / 1048576}'
 }
 printf '%-16s %10s %10s %12s\n' image cold_s warm_s layout_size
-for spec in "kernel:kernel" "kernel-modules:kernel-modules" "minimal:rootfs --preset minimal"; do
+for spec in "kernel:kernel" "kernel-modules:kernel-modules" "minimal:rootfs --preset minimal" "cloud:rootfs --preset cloud"; do
   name=${spec%%:*}; args=${spec#*:}
   rm -rf "$cache"
   # shellcheck disable=SC2086

@@ -8,10 +8,9 @@ import TestSupport
 /// `lmctl image build` as a user runs it: reproducible digests, and images that boot through the agent.
 @Suite("lmctl image build", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, apt, containerd, a registry and QEMU (always runs in CI)"))
 struct ImageBuildEndToEndTests {
-    /// Runs lmctl; kernel builds share one package cache so apt downloads the .deb once.
+    /// Runs lmctl; builds share one package cache so apt downloads each .deb once.
     func lmctl(_ args: [String]) async throws -> String {
-        let cache = args.contains("kernel") || args.contains("kernel-modules") ? ["--cache-dir", "/tmp/lm-kernel-cache"] : []
-        return try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + cache)
+        try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + ["--cache-dir", "/tmp/lm-build-cache"])
     }
 
     /// The manifest digest lmctl prints last (`REF@sha256:...`).
@@ -53,6 +52,96 @@ struct ImageBuildEndToEndTests {
             _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(90)) { $0.status.state == .created }
             _ = try await waitForConsole(client, uid: vm.spec.uid, marker: "LIQUIDMETAL-NET-READY", timeout: .seconds(90))
             #expect(await ping("10.97.0.41"))
+        }
+    }
+
+    @Test("the cloud preset: same digest twice, owners and file capabilities kept, boots through cloud-init to a login prompt and answers ping")
+    func cloudPreset() async throws {
+        let env = try await TestEnvironment.shared()
+        let tag = UUID().uuidString.prefix(8).lowercased()
+        let dir = "/tmp/lm-cloud-\(tag)"
+        defer { try? HostFiles.remove(dir) }
+        let kernel = "\(env.registry)/lm-built/kernel:\(tag)", cloud = "\(env.registry)/lm-built/cloud:\(tag)"
+        // Cold or warm package cache, the two builds (one to a layout, one pushed) must agree.
+        let a = try await lmctl(["image", "build", "rootfs", "--preset", "cloud", "--tag", cloud, "--output", "oci-layout:\(dir)"])
+        let b = try await lmctl(["image", "build", "rootfs", "--preset", "cloud", "--tag", cloud, "--push"])
+        #expect(digest(a).hasPrefix("sha256:"))
+        #expect(digest(a) == digest(b), "\(a) vs \(b)")
+
+        // The layer keeps the packages' owners and file capabilities and ships no ssh host keys.
+        let layer = try layerPath(layout: dir)
+        let listing = try await HostProcess.run(["tar", "-tvzf", layer, "--numeric-owner"])
+        let shadow = listing.split(separator: "\n").first { $0.hasSuffix(" etc/shadow") } ?? ""
+        #expect(shadow.contains(" 0/42 "), "etc/shadow belongs to group shadow (42): \(shadow)")
+        #expect(!listing.contains("etc/ssh/ssh_host_"), "no ssh host keys in the image")
+        let extract = "\(dir)/extract"
+        try HostFiles.createDirectory(extract)
+        try await HostProcess.run(["tar", "--xattrs", "--xattrs-include=security.capability", "-xzf", layer, "-C", extract, "usr/bin/ping"])
+        let caps = try await HostProcess.run(["getcap", "\(extract)/usr/bin/ping"])
+        #expect(caps.contains("cap_net_raw"), "ping keeps its capability: \(caps)")
+
+        _ = try await lmctl(["image", "build", "kernel", "--tag", kernel, "--push"])
+        // cloud-init's own network config from the kernel command line: a static address on eth0.
+        let networkConfig = Data("version: 2\nethernets:\n  eth0:\n    addresses: [10.97.0.42/24]\n".utf8).base64EncodedString()
+        try await withAgent(env) { agent in
+            let client = try agent.client()
+            defer { client.close() }
+            let vm = try await client.create(.with {
+                $0.id = "cloud"
+                $0.namespace = "e2e"
+                $0.vcpu = 2
+                $0.memoryInMb = 768
+                $0.kernel = .with { $0.image = kernel; $0.filename = "boot/vmlinuz"; $0.cmdline = ["network-config": networkConfig] }
+                $0.initrd = .with { $0.image = kernel; $0.filename = "boot/initrd" }
+                $0.rootVolume = .with { $0.id = "root"; $0.source.containerSource = cloud }
+                $0.interfaces = [.with { $0.deviceID = "eth0"; $0.type = .tap }]
+            })
+            _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(180)) { $0.status.state == .created }
+            let text = try await waitForConsole(client, uid: vm.spec.uid, marker: " finished at ", timeout: .seconds(300))
+            #expect(text.contains("Datasource DataSourceNone"), "no seed disk: cloud-init runs with no datasource")
+            _ = try await waitForConsole(client, uid: vm.spec.uid, marker: "lm-guest login:", timeout: .seconds(120))
+            #expect(!text.contains("util.py[WARNING]"), "no cloud-init module failed: \(text.suffix(3000))")
+            #expect(await ping("10.97.0.42"))
+        }
+    }
+
+    /// The first layer blob of the only image in an OCI layout.
+    func layerPath(layout dir: String) throws -> String {
+        func json(_ path: String) throws -> [String: Any] {
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any] ?? [:]
+        }
+        func blob(_ digest: String) -> String { "\(dir)/blobs/sha256/\(digest.dropFirst("sha256:".count))" }
+        let index = try json("\(dir)/index.json")
+        let manifestDigest = ((index["manifests"] as? [[String: Any]])?.first?["digest"] as? String) ?? ""
+        let manifest = try json(blob(manifestDigest))
+        let layerDigest = ((manifest["layers"] as? [[String: Any]])?.first?["digest"] as? String) ?? ""
+        return blob(layerDigest)
+    }
+
+    @Test("bad recipes and unreachable package sources fail fast with a message that names them")
+    func badRecipes() async throws {
+        _ = try await TestEnvironment.shared()
+        let bin = "\(TestEnvironment.productsDirectory)/lmctl"
+        let dir = "/tmp/lm-badrecipe-\(UUID().uuidString.prefix(6))"
+        try HostFiles.createDirectory(dir)
+        defer { try? HostFiles.remove(dir) }
+        try Data("packages: [less]\npakages: [vim]\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/typo.yaml"))
+        try Data("packages: [nosuchpkg-liquidmetal]\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/unknown.yaml"))
+        let out = ["--tag", "x/y:z", "--output", "oci-layout:\(dir)/out", "--cache-dir", "/tmp/lm-build-cache"]
+        let cases: [([String], String, Duration)] = [
+            (["image", "build", "rootfs", "--recipe", "\(dir)/typo.yaml"] + out, "unknown key \"pakages\"", .seconds(10)),
+            (["image", "build", "rootfs", "--recipe", "\(dir)/missing.yaml"] + out, "\(dir)/missing.yaml", .seconds(10)),
+            (["image", "build", "rootfs", "--preset", "k8s-node"] + out, "--package-source", .seconds(10)),
+            (["image", "build", "rootfs", "--preset", "k8s-node", "--package-source", "deb [trusted=yes] http://127.0.0.1:9/k8s/ /"] + out,
+             "package source \"deb [trusted=yes] http://127.0.0.1:9/k8s/ /\" is unreachable", .seconds(30)),
+            (["image", "build", "rootfs", "--recipe", "\(dir)/unknown.yaml"] + out, "unknown package \"nosuchpkg-liquidmetal\"", .seconds(90)),
+        ]
+        for (args, needle, limit) in cases {
+            let start = ContinuousClock.now
+            let (status, text) = try await HostProcess.runCapturing([bin] + args)
+            #expect(status != .exited(0), "\(args) should fail")
+            #expect(text.contains(needle), "\(args): \(text.suffix(2000))")
+            #expect(ContinuousClock.now - start < limit, "\(args) fails within \(limit)")
         }
     }
 
