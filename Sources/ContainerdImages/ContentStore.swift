@@ -77,9 +77,8 @@ extension ContainerdConnection {
         produce: @escaping @Sendable (_ offset: Int64, _ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
         let (startOffsets, startContinuation) = AsyncStream.makeStream(of: Int64.self)
-        var options = Self.options(timeout: .seconds(3600))
-        options.waitForReady = true // a dropped connection is being re-established
-        try await content.write(metadata: metadata(lease: lease), options: options) { writer in
+        // Fails fast when containerd is gone; after a dropped connection the caller waits a little and retries.
+        try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
             try await writer.write(.with {
                 $0.action = .stat
                 $0.ref = ref
