@@ -23,7 +23,7 @@ print(" ".join(v["spec"]["uid"] for v in vms if "spec" in v))' 2>/dev/null); do
   [ -f $state/flintlockd.pid ] && kill "$(cat $state/flintlockd.pid)" 2>/dev/null || true
   ./scripts/test-env.sh stop || true
   ip link del $bridge 2>/dev/null || true
-  echo "cleaned up (images stay cached in /tmp/lm-test-images and /tmp/lm-test-env)"
+  echo "cleaned up (images stay cached in /tmp/lm-test-env; downloaded packages in /var/cache/liquidmetal)"
   exit 0
 fi
 
@@ -34,8 +34,9 @@ swift build
 say "Starting a private containerd and a loopback registry"
 ./scripts/test-env.sh start
 eval "$(./scripts/test-env.sh env)"
-say "Building a kernel image and a root image from Debian packages and pushing them to $LM_REGISTRY"
-./scripts/build-test-images.sh --push "$LM_REGISTRY"
+say "Building a kernel image (Debian 12 cloud kernel) and a minimal root image with lmctl image build, pushing them to $LM_REGISTRY"
+"$lmctl" image build kernel --tag "$LM_REGISTRY/lm/kernel:latest" --push --cache-dir /var/cache/liquidmetal
+"$lmctl" image build rootfs --preset minimal --tag "$LM_REGISTRY/lm/minimal:latest" --push
 say "Creating bridge $bridge (10.98.0.1/24)"
 if other=$(ip -o route show 10.98.0.0/24 | grep -v "dev $bridge " | awk '{print $3}' | head -1) && [ -n "$other" ]; then
   echo "quickstart: 10.98.0.0/24 is already routed through $other; remove that address first (ip addr flush dev $other)" >&2
