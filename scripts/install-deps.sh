@@ -6,20 +6,21 @@ packages=(
   qemu-system-x86 qemu-utils      # the VMM and qemu-img (qcow2 overlays)
   containerd                      # image store: content, snapshots, leases
   docker-registry                 # loopback registry for the quickstart and tests
-  skopeo umoci                    # building and pushing the fixture OCI images
+  skopeo umoci                    # tests check our OCI layouts and pushes with them
   e2fsprogs                       # mkfs.ext4 -d: volume images from snapshots
-  busybox-static cpio             # fixture initrd and root filesystem
+  busybox-static cpio             # busybox in initrds and the minimal root; cpio reads initrds in tests
   mmdebstrap libcap2-bin          # Debian root filesystems (rootfs --preset cloud, --recipe); getcap in tests
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
   curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
   python3 python3-cryptography    # the token server of the bearer-token test registry
+  apt-utils gnupg                 # apt-ftparchive, gpg: the signed package repository double (k8s-node test)
   libsqlite3-dev zlib1g-dev       # SQLite for the state database (GRDB); zlib for gzip layers
   util-linux procps kmod xz-utils zstd lz4 bzip2   # lz4 etc.: unpacking kernel payloads (vmlinux)
 )
 if [ "$(id -u)" != 0 ]; then echo "install-deps.sh: run as root (apt-get install)" >&2; exit 1; fi
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
-# apt lists are needed anyway: the fixture build downloads the Debian cloud kernel package.
+# apt lists are needed anyway: lmctl image build kernel downloads the Debian cloud kernel package.
 apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${missing[*]}" >&2

@@ -8,8 +8,8 @@ import OCIRegistry
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Build microVM kernel and root filesystem images as OCI images.",
-        subcommands: [ImageBuild.self])
+        abstract: "Build microVM kernel and root filesystem images as OCI images, and push OCI layouts.",
+        subcommands: [ImageBuild.self, ImagePush.self])
 }
 
 struct ImageBuild: AsyncParsableCommand {
@@ -27,13 +27,10 @@ struct BuildOutputOptions: ParsableArguments {
     var push = false
     @Option(help: "Write an OCI image layout instead: oci-layout:DIR.")
     var output: String?
-    @Option(name: .customLong("insecure-registry"), help: "Registry host:port reached over plain HTTP (repeatable); loopback registries always are.")
-    var insecureRegistries: [String] = []
-    @Option(name: .customLong("registry-auth-file"), help: "Docker-style config.json with registry credentials.")
-    var registryAuthFile: String?
+    @OptionGroup var registry: RegistryOptions
     @Option(name: .customLong("work-dir"), help: "Scratch directory. (default: a new directory under /var/tmp)")
     var workDir: String?
-    @Option(name: .customLong("cache-dir"), help: "Downloaded packages are kept here. (default: /var/cache/liquidmetal)")
+    @Option(name: .customLong("cache-dir"), help: "Downloaded packages are kept here.")
     var cacheDir = "/var/cache/liquidmetal"
     @Option(name: .customLong("source-date-epoch"), help: "Timestamp of every file and of the image, in seconds. (default: $SOURCE_DATE_EPOCH or 1700000000)")
     var sourceDateEpoch: Int64?
@@ -50,9 +47,7 @@ struct BuildOutputOptions: ParsableArguments {
         if let output {
             destination = .layout(directory: String(output.dropFirst("oci-layout:".count)), tag: ref.tag ?? "latest")
         } else {
-            var config = RegistryConfig(plainHTTP: Set(insecureRegistries))
-            if let f = registryAuthFile { config.credentials = try RegistryConfig.loadCredentials(dockerConfigAt: f) }
-            destination = .registry(ref, config)
+            destination = .registry(ref, try registry.config())
         }
         let epoch = SourceDateEpoch(seconds: sourceDateEpoch ?? SourceDateEpoch(environmentValue: ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"])?.seconds ?? 1_700_000_000)
         let work = workDir ?? "/var/tmp/lmctl-build-\(getpid())"
@@ -69,6 +64,67 @@ struct BuildOutputOptions: ParsableArguments {
             throw CommandFailed(description: e.description)
         } catch let e as RegistryError {
             throw CommandFailed(description: e.message)
+        }
+    }
+}
+
+/// How registries are reached: plain HTTP or TLS, and with which credentials.
+struct RegistryOptions: ParsableArguments {
+    @Option(name: .customLong("insecure-registry"), help: "Registry host:port reached over plain HTTP (repeatable); loopback registries always are.")
+    var insecureRegistries: [String] = []
+    @Option(name: .customLong("registry-auth-file"), help: "Docker-style config.json with registry credentials.")
+    var registryAuthFile: String?
+
+    func config() throws -> RegistryConfig {
+        var config = RegistryConfig(plainHTTP: Set(insecureRegistries))
+        if let f = registryAuthFile {
+            do { config.credentials = try RegistryConfig.loadCredentials(dockerConfigAt: f) } catch let e as AgentError {
+                throw CommandFailed(description: e.message)
+            }
+        }
+        return config
+    }
+}
+
+/// `lmctl image push oci-layout:DIR[:TAG] REF`: copies one image of a layout to a registry.
+struct ImagePush: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "push",
+        abstract: "Push an image from an OCI image layout (as `image build --output` writes) to a registry.",
+        discussion: """
+            Blobs the registry already has are not sent again. Prints REF@DIGEST when done.
+            Example: lmctl image push oci-layout:/tmp/kernel:latest 127.0.0.1:5111/lm/kernel:6.1
+            """)
+    @Argument(help: "oci-layout:DIR[:TAG] (TAG defaults to latest).") var source: String
+    @Argument(help: "Image reference to push to, e.g. registry.example:5000/lm/kernel:6.1.") var destination: String
+    @OptionGroup var registry: RegistryOptions
+
+    func validate() throws {
+        guard source.hasPrefix("oci-layout:"), source.count > "oci-layout:".count else { throw ValidationError("the source must look like oci-layout:DIR[:TAG]") }
+        do { _ = try ImageReference(parsing: destination) } catch { throw ValidationError("destination: \(error.message)") }
+    }
+
+    func run() async throws {
+        var layout = String(source.dropFirst("oci-layout:".count)), tag = "latest"
+        if let colon = layout.lastIndex(of: ":"), !layout[layout.index(after: colon)...].contains("/") {
+            tag = String(layout[layout.index(after: colon)...])
+            layout = String(layout[..<colon])
+        }
+        let ref = try ImageReference(parsing: destination)
+        let client = RegistryClient(config: try registry.config(), logger: .init(label: "lmctl"))
+        do {
+            let digest = try await LayoutPusher(client: client).push(layout: layout, tag: tag, to: ref) { line in
+                FileHandle.standardError.write(Data("lmctl: \(line)\n".utf8))
+            }
+            try? await client.shutdown()
+            print("\(ref)@\(digest)")
+        } catch {
+            try? await client.shutdown()
+            switch error {
+            case let e as ImageBuildError: throw CommandFailed(description: e.description)
+            case let e as RegistryError: throw CommandFailed(description: e.message)
+            default: throw error
+            }
         }
     }
 }

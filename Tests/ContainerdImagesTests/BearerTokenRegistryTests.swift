@@ -87,7 +87,7 @@ struct BearerTokenRegistryTests {
         for name in ["kernel", "root"] {
             let ref = try ImageReference(parsing: "\(token.address)/lm-test/\(name):latest")
             let (desc, data) = try await client.resolveManifest(ref)
-            #expect(desc.digest == token.pushedDigests[name], "the manifest skopeo pushed for lm-test/\(name)")
+            #expect(desc.digest == token.pushedDigests[name], "the manifest lmctl pushed for lm-test/\(name)")
             #expect(desc.size == Int64(data.count))
             struct Manifest: Decodable { var config: Descriptor; var layers: [Descriptor] }
             let manifest = try JSONDecoder().decode(Manifest.self, from: data)
@@ -118,14 +118,13 @@ struct TokenRegistry: Sendable {
     var realm: String
     var user: String
     var password: String
-    /// Manifest digests by image name ("kernel", "root"), as build-test-images.sh printed them.
+    /// Manifest digests by image name ("kernel", "root"), as `lmctl image push` printed them.
     var pushedDigests: [String: String]
 
     static func shared() async throws -> TokenRegistry { try await TokenRegistrySetup.instance.get() }
 
     static func prepare() async throws -> TokenRegistry {
         let env = try await TestEnvironment.shared()  // runs scripts/test-env.sh start
-        let root = env.packageRoot
         let vars = try await TestEnvironment.scriptVariables()
         guard let address = vars["LM_TOKEN_REGISTRY"] else {
             throw TestEnvironmentError("scripts/test-env.sh env printed no LM_TOKEN_REGISTRY: \(vars)")
@@ -133,13 +132,7 @@ struct TokenRegistry: Sendable {
         // The token server takes the auth registry's user and password.
         let user = vars["LM_AUTH_USER"] ?? env.authUser, password = vars["LM_AUTH_PASS"] ?? env.authPassword
         let realm = vars["LM_TOKEN_REALM"] ?? "http://127.0.0.1:5114/token"
-        let out = try await HostProcess.run(["\(root)/scripts/build-test-images.sh", "--push", address, "--creds", "\(user):\(password)"])
-        var digests: [String: String] = [:]
-        for line in out.split(separator: "\n") {
-            for name in ["kernel", "root"] where line.hasPrefix("\(address)/lm-test/\(name):latest@") {
-                digests[name] = line.split(separator: "@").last.map(String.init)
-            }
-        }
+        let digests = try await FixtureImages.push(to: address, user: user, password: password)
         return TokenRegistry(address: address, realm: realm, user: user, password: password, pushedDigests: digests)
     }
 }

@@ -10,7 +10,7 @@ import TestSupport
 struct ImageBuildEndToEndTests {
     /// Runs lmctl; builds share one package cache so apt downloads each .deb once.
     func lmctl(_ args: [String]) async throws -> String {
-        try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + ["--cache-dir", "/tmp/lm-build-cache"])
+        try await HostProcess.run(["\(TestEnvironment.productsDirectory)/lmctl"] + args + ["--cache-dir", FixtureImages.cacheDirectory])
     }
 
     /// The manifest digest lmctl prints last (`REF@sha256:...`).
@@ -102,6 +102,60 @@ struct ImageBuildEndToEndTests {
             _ = try await waitForConsole(client, uid: vm.spec.uid, marker: "lm-guest login:", timeout: .seconds(120))
             #expect(!text.contains("util.py[WARNING]"), "no cloud-init module failed: \(text.suffix(3000))")
             #expect(await ping("10.97.0.42"))
+        }
+    }
+
+    @Test("the k8s-node preset from a signed package source (a loopback double of pkgs.k8s.io): packages, CRI config, enabled units; boots with containerd running")
+    func k8sNodePreset() async throws {
+        let env = try await TestEnvironment.shared()
+        let tag = UUID().uuidString.prefix(8).lowercased()
+        let dir = "/tmp/lm-k8s-\(tag)"
+        defer { try? HostFiles.remove(dir) }
+        let repo = try await KubernetesRepositoryDouble.start(in: "\(dir)/repo")
+        defer { repo.stop() }
+        let node = "\(env.registry)/lm-built/k8s-node:\(tag)", kernel = "\(env.registry)/lm-built/kernel:\(tag)"
+        let out = try await lmctl(["image", "build", "rootfs", "--preset", "k8s-node", "--package-source", repo.sourceLine,
+                                   "--package-source-key", repo.keyFile, "--tag", node, "--output", "oci-layout:\(dir)/layout"])
+        #expect(digest(out).hasPrefix("sha256:"))
+
+        let layer = try layerPath(layout: "\(dir)/layout")
+        let listing = Set(try await HostProcess.run(["tar", "-tzf", layer]).split(separator: "\n").map(String.init))
+        for path in ["usr/bin/kubelet", "usr/bin/kubeadm", "usr/bin/kubectl", "usr/bin/crictl", "usr/bin/containerd", "usr/sbin/conntrack",
+                     "usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
+                     "etc/systemd/system/multi-user.target.wants/kubelet.service", "etc/systemd/system/multi-user.target.wants/containerd.service",
+                     "etc/containerd/config.toml", "etc/sysctl.d/90-kubernetes.conf", "etc/modules-load.d/kubernetes.conf", "etc/crictl.yaml",
+                     "etc/apt/keyrings/liquidmetal-source-0.asc"] {
+            #expect(listing.contains(path), "\(path) in the k8s-node image")
+        }
+        let extract = "\(dir)/extract"
+        try HostFiles.createDirectory(extract)
+        try await HostProcess.run(["tar", "-xzf", layer, "-C", extract, "etc/containerd/config.toml", "etc/apt/sources.list", "etc/apt/keyrings"])
+        #expect(try String(contentsOfFile: "\(extract)/etc/containerd/config.toml", encoding: .utf8).contains("SystemdCgroup = true"))
+        let sources = try String(contentsOfFile: "\(extract)/etc/apt/sources.list", encoding: .utf8)
+        #expect(sources.contains("[signed-by=/etc/apt/keyrings/liquidmetal-source-0.asc] http://127.0.0.1:\(repo.port)/ /"), "the guest keeps the source and its key")
+
+        // The node boots: systemd starts containerd and (the double of) kubelet.
+        _ = try await HostProcess.run([FixtureImages.lmctl, "image", "push", "oci-layout:\(dir)/layout:\(tag)", node])
+        _ = try await lmctl(["image", "build", "kernel", "--tag", kernel, "--push"])
+        try await withAgent(env) { agent in
+            let client = try agent.client()
+            defer { client.close() }
+            let vm = try await client.create(.with {
+                $0.id = "k8s-node"
+                $0.namespace = "e2e"
+                $0.vcpu = 2
+                $0.memoryInMb = 1024
+                $0.kernel = .with { $0.image = kernel; $0.filename = "boot/vmlinuz" }
+                $0.initrd = .with { $0.image = kernel; $0.filename = "boot/initrd" }
+                $0.rootVolume = .with { $0.id = "root"; $0.source.containerSource = node }
+            })
+            _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(180)) { $0.status.state == .created }
+            let text = try await waitForConsole(client, uid: vm.spec.uid, marker: "lm-guest login:", timeout: .seconds(300))
+            // systemd's status lines: "[  OK  ] Started containerd.service - containerd container runtime."
+            // (with colour codes, and the unit name shortened to fit the console).
+            let started = text.split(separator: "\n").filter { $0.contains("] Started ") }
+            #expect(started.contains { $0.contains("containerd container runtime") }, "containerd runs: \(text.suffix(3000))")
+            #expect(started.contains { $0.contains("The Kubernetes Node Agent") }, "kubelet's unit is enabled and starts")
         }
     }
 

@@ -12,7 +12,7 @@ struct LayoutPusherTests {
     @Test("a layout's tag is pushed (twice: the second time no blob is sent) and reads back with the same digest")
     func pushLayout() async throws {
         let env = try await TestEnvironment.shared()  // also builds the fixture layouts
-        let layout = (ProcessInfo.processInfo.environment["LM_TEST_IMAGES"] ?? "/tmp/lm-test-images") + "/root"
+        let layout = FixtureImages.layoutRoot + "/root"
         let expected = try await HostProcess.run(["skopeo", "inspect", "--format", "{{.Digest}}", "oci:\(layout):latest"])
             .trimmingCharacters(in: .whitespacesAndNewlines)
         let client = RegistryClient(config: RegistryConfig(credentials: [env.authRegistry: RegistryCredential(username: env.authUser, password: env.authPassword)]), logger: Logger(label: "test"))

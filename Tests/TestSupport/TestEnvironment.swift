@@ -5,7 +5,7 @@ import Foundation
 import HostSystem
 
 /// The real environment system tests run in: a private containerd, loopback registries (one
-/// with basic auth), fixture images built from Debian packages and pushed to both, and a bridge.
+/// with basic auth), fixture images built by lmctl (`FixtureImages`) and pushed to both, and a bridge.
 /// Everything is started by the scripts under scripts/ (the same ones the quickstart uses).
 public struct TestEnvironment: Sendable {
     public var containerdSocket: String
@@ -55,8 +55,9 @@ public struct TestEnvironment: Sendable {
             throw TestEnvironmentError("scripts/test-env.sh env printed no LM_CONTAINERD_SOCKET/LM_REGISTRY/LM_AUTH_REGISTRY/LM_TOKEN_REGISTRY: \(env)")
         }
         let user = env["LM_AUTH_USER"] ?? "lmuser", pass = env["LM_AUTH_PASS"] ?? "lmpass"
-        try await HostProcess.run(["\(root)/scripts/build-test-images.sh", "--push", reg])
-        try await HostProcess.run(["\(root)/scripts/build-test-images.sh", "--push", authReg, "--creds", "\(user):\(pass)"])
+        try await FixtureImages.build()
+        try await FixtureImages.push(to: reg)
+        try await FixtureImages.push(to: authReg, user: user, password: pass)
         let bridge = "lmtest0", gateway = "10.97.0.1"
         if !HostFiles.exists("/sys/class/net/\(bridge)") {
             try await HostProcess.run(["ip", "link", "add", bridge, "type", "bridge"])
