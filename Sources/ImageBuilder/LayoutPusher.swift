@@ -25,8 +25,9 @@ public struct LayoutPusher: Sendable {
     }
 
     /// Pushes `tag` of the layout at `directory` to `target`; returns the manifest digest.
-    /// `progress` hears about each blob ("sent" or "already there").
-    public func push(layout directory: String, tag: String, to target: ImageReference, progress: @Sendable (String) -> Void = { _ in }) async throws -> String {
+    /// `progress` hears about each blob ("sent" or "already there") and, for large ones, every
+    /// 10% uploaded.
+    public func push(layout directory: String, tag: String, to target: ImageReference, progress: @escaping @Sendable (String) -> Void = { _ in }) async throws -> String {
         func blobPath(_ digest: String) -> String { "\(directory)/blobs/\(digest.replacingOccurrences(of: ":", with: "/"))" }
         guard let indexData = FileManager.default.contents(atPath: "\(directory)/index.json") else {
             throw ImageBuildError("\(directory) is not an OCI image layout (no index.json)")
@@ -40,11 +41,34 @@ public struct LayoutPusher: Sendable {
         }
         let manifest = try JSONDecoder().decode(Manifest.self, from: manifestData)
         for blob in manifest.layers + [manifest.config] {
-            let sent = try await client.pushBlob(target, digest: blob.digest, size: blob.size, file: blobPath(blob.digest))
+            let reporter = UploadProgress(digest: blob.digest, size: blob.size, report: progress)
+            let sent = try await client.pushBlob(target, digest: blob.digest, size: blob.size, file: blobPath(blob.digest)) { reporter.update($0) }
             progress("\(blob.digest): \(sent ? "sent \(blob.size) bytes" : "already there")")
         }
         let digest = try await client.pushManifest(target, mediaType: entry.mediaType, data: manifestData)
         progress("manifest \(digest) -> \(target)")
         return digest
+    }
+}
+
+/// Turns bytes-read counts into a line per 10% of a blob of 8 MiB or more.
+final class UploadProgress: @unchecked Sendable {
+    let digest: String, size: Int64, report: @Sendable (String) -> Void
+    private var lastTenth: Int64 = 0
+    private let lock = NSLock()
+
+    init(digest: String, size: Int64, report: @escaping @Sendable (String) -> Void) {
+        (self.digest, self.size, self.report) = (digest, size, report)
+    }
+
+    func update(_ sent: Int64) {
+        guard size >= 8 << 20 else { return }
+        let tenth = sent * 10 / size
+        let line: String? = lock.withLock {
+            guard tenth > lastTenth, tenth < 10 else { return nil }
+            lastTenth = tenth
+            return String(format: "uploading %@: %.1f of %.1f MiB", String(digest.prefix(19)), Double(sent) / 1_048_576, Double(size) / 1_048_576)
+        }
+        if let line { report(line) }
     }
 }

@@ -36,27 +36,12 @@ extension RegistryClient {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw RegistryError(message: "cannot read \(path) to push it")
         }
-        let chunks = AsyncThrowingStream<ByteBuffer, any Error> { cont in
-            Thread.detachNewThread {
-                var sent: Int64 = 0
-                do {
-                    while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
-                        sent += Int64(data.count)
-                        cont.yield(ByteBuffer(data: data))
-                        progress?(sent)
-                    }
-                    try? handle.close()
-                    cont.finish()
-                } catch {
-                    try? handle.close()
-                    cont.finish(throwing: error)
-                }
-            }
-        }
+        defer { try? handle.close() }
         var put = HTTPClientRequest(url: url)
         put.method = .PUT
         put.headers.add(name: "Content-Type", value: "application/octet-stream")
-        put.body = .stream(chunks, length: .known(size))
+        // Read as the upload asks for more, so a large layer is never all in memory.
+        put.body = .stream(FileChunks(handle: handle, progress: progress), length: .known(size))
         _ = try await send(put, ref: ref, what: "blob \(digest)", timeout: .hours(2), push: true, expect: [201])
         return true
     }
@@ -81,4 +66,25 @@ extension RegistryClient {
         _ = try await send(req, ref: ref, what: "manifest \(ref.manifestReference)", push: true, expect: [201])
         return sha256Digest(data)
     }
+}
+
+/// A file as 1 MiB chunks, read when the consumer asks for the next one; reports bytes read so far.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let handle: FileHandle
+    let progress: (@Sendable (Int64) -> Void)?
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let handle: FileHandle
+        let progress: (@Sendable (Int64) -> Void)?
+        var sent: Int64 = 0
+        mutating func next() async throws -> ByteBuffer? {
+            guard let data = try handle.read(upToCount: 1 << 20), !data.isEmpty else { return nil }
+            sent += Int64(data.count)
+            progress?(sent)
+            return ByteBuffer(data: data)
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: handle, progress: progress) }
 }

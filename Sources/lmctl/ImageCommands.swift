@@ -22,7 +22,7 @@ struct ImageBuild: AsyncParsableCommand {
 /// Options every build shares: where the image goes and how.
 struct BuildOutputOptions: ParsableArguments {
     @Option(help: "Image reference, e.g. 127.0.0.1:5111/lm/kernel:6.1 (its tag also names the layout entry).")
-    var tag: String
+    var tag: String?
     @Flag(help: "Push to the registry named in --tag.")
     var push = false
     @Option(help: "Write an OCI image layout instead: oci-layout:DIR.")
@@ -35,14 +35,17 @@ struct BuildOutputOptions: ParsableArguments {
     @Option(name: .customLong("source-date-epoch"), help: "Timestamp of every file and of the image, in seconds. (default: $SOURCE_DATE_EPOCH or 1700000000)")
     var sourceDateEpoch: Int64?
 
-    func validate() throws {
+    /// Checks that the image has a name and one destination (each build command's `validate()`;
+    /// not the group's own, so that `rootfs --print-recipe` needs neither).
+    func validateDestination() throws {
+        guard let tag else { throw ValidationError("--tag is required: the image reference, e.g. 127.0.0.1:5111/lm/kernel:6.1") }
         guard push != (output != nil) else { throw ValidationError("give exactly one of --push and --output oci-layout:DIR") }
         if let output, !output.hasPrefix("oci-layout:") { throw ValidationError("--output must look like oci-layout:DIR") }
         do { _ = try ImageReference(parsing: tag) } catch { throw ValidationError("--tag: \(error.message)") }
     }
 
     func run(_ recipe: ImageRecipe) async throws {
-        let ref = try ImageReference(parsing: tag)
+        let ref = try ImageReference(parsing: tag ?? "")
         let destination: ImageDestination
         if let output {
             destination = .layout(directory: String(output.dropFirst("oci-layout:".count)), tag: ref.tag ?? "latest")
@@ -144,6 +147,7 @@ struct BuildKernel: AsyncParsableCommand {
         discussion: "The initrd loads virtio, ext4, vfat and iso9660 modules, mounts /dev/vda (or lm_root=DEV) and switches to its /sbin/init.")
     @OptionGroup var kernel: KernelOptions
     @OptionGroup var output: BuildOutputOptions
+    func validate() throws { try output.validateDestination() }
     func run() async throws { try await output.run(.kernel(kernel.source)) }
 }
 
@@ -151,6 +155,7 @@ struct BuildKernelModules: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "kernel-modules", abstract: "A modules-only image: lib/modules/<release>/.")
     @OptionGroup var kernel: KernelOptions
     @OptionGroup var output: BuildOutputOptions
+    func validate() throws { try output.validateDestination() }
     func run() async throws { try await output.run(.kernelModules(kernel.source)) }
 }
 
@@ -179,7 +184,7 @@ struct BuildRootfs: AsyncParsableCommand {
     var packageSourceKey: String?
     @Option(help: "Debian archive URL for cloud, k8s-node and recipes that name none. (default: the host's apt sources)")
     var mirror: String?
-    @Flag(name: .customLong("print-recipe"), help: "Print the recipe the preset or file amounts to, then exit.")
+    @Flag(name: .customLong("print-recipe"), help: "Print the recipe the preset or file amounts to, then exit (no --tag or destination needed).")
     var printRecipe = false
     @OptionGroup var output: BuildOutputOptions
 
@@ -187,6 +192,7 @@ struct BuildRootfs: AsyncParsableCommand {
         if preset != nil && recipe != nil { throw ValidationError("give --preset or --recipe, not both") }
         if let preset, !["minimal", "cloud", "k8s-node"].contains(preset) { throw ValidationError("--preset must be minimal, cloud or k8s-node") }
         if packageSourceKey != nil && packageSource == nil { throw ValidationError("--package-source-key needs --package-source") }
+        if !printRecipe { try output.validateDestination() }
     }
 
     func run() async throws {

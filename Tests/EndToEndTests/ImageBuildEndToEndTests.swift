@@ -209,6 +209,9 @@ struct ImageBuildEndToEndTests {
             (["image", "build", "rootfs", "--preset", "fedora", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "--preset"),
             (["image", "build", "rootfs", "--tag", "Bad//Ref", "--push"], "--tag"),
             (["image", "build", "rootfs", "--tag", "x/y:z"], "--push"),
+            (["image", "build", "rootfs", "--push"], "--tag is required"),
+            (["image", "push", "/tmp/lm-x", "x/y:z"], "oci-layout:DIR[:TAG]"),
+            (["image", "push", "oci-layout:/tmp/lm-no-such-layout:v1", "127.0.0.1:5111/x/y:z"], "/tmp/lm-no-such-layout is not an OCI image layout"),
         ]
         for (args, needle) in cases {
             let start = ContinuousClock.now
