@@ -57,6 +57,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // cloud-init NoCloud: the documents a guest gets (instance-id, network-config v2, mounts)
+        // and the cidata seed disk; shared by the VMM providers (and an MMDS later).
+        .target(
+            name: "CloudInit",
+            dependencies: ["MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]
+        ),
         // Small helpers around the host: processes, files, syscalls.
         .target(
             name: "HostSystem",
@@ -107,7 +113,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "MicroVMCore", "MicroVMStore", "ContainerdImages", "OCIRegistry", "HostNetwork", "QEMUProvider",
+                "MicroVMCore", "MicroVMStore", "ContainerdImages", "OCIRegistry", "HostNetwork", "QEMUProvider", "CloudInit",
                 "FlintlockAPI", "HostSystem",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -166,6 +172,7 @@ let package = Package(
         ),
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
+        .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),
         .testTarget(
             name: "ContainerdImagesTests",
             dependencies: ["ContainerdImages", "OCIRegistry", "OCIImage", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Logging", package: "swift-log")]

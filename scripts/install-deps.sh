@@ -8,6 +8,9 @@ packages=(
   docker-registry                 # loopback registry for the quickstart and tests
   skopeo umoci                    # tests check our OCI layouts and pushes with them
   e2fsprogs                       # mkfs.ext4 -d: volume images from snapshots
+  dosfstools mtools               # cloud-init seed disks (FAT, label CIDATA) without mounting
+  nftables                        # NAT for guests on the agent-owned bridge
+  openssh-client                  # the cloud-init end-to-end test logs in to its guest
   busybox-static cpio             # busybox in initrds and the minimal root; cpio reads initrds in tests
   mmdebstrap libcap2-bin          # Debian root filesystems (rootfs --preset cloud, --recipe); getcap in tests
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests

@@ -671,6 +671,14 @@ public nonisolated struct Flintlock_Types_NetworkInterfaceStatus: Sendable {
 
   public var macAddress: String = String()
 
+  /// Liquid Metal additions (100+).
+  /// The guest's IPv4/IPv6 address in CIDR form: the spec's static address, or the one the agent
+  /// allocated from its bridge's subnet. Empty when the guest uses DHCP.
+  public var address: String = String()
+
+  /// True when the agent allocated `address` (--bridge-cidr); it is freed when the VM is deleted.
+  public var addressAllocated: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1461,7 +1469,7 @@ nonisolated extension Flintlock_Types_Mount.MountType: SwiftProtobuf._ProtoNameP
 
 nonisolated extension Flintlock_Types_NetworkInterfaceStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NetworkInterfaceStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}host_device_name\0\u{1}index\0\u{3}mac_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}host_device_name\0\u{1}index\0\u{3}mac_address\0\u{2}a\u{1}address\0\u{3}address_allocated\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1472,6 +1480,8 @@ nonisolated extension Flintlock_Types_NetworkInterfaceStatus: SwiftProtobuf.Mess
       case 1: try { try decoder.decodeSingularStringField(value: &self.hostDeviceName) }()
       case 2: try { try decoder.decodeSingularInt32Field(value: &self.index) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.macAddress) }()
+      case 100: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 101: try { try decoder.decodeSingularBoolField(value: &self.addressAllocated) }()
       default: break
       }
     }
@@ -1487,6 +1497,12 @@ nonisolated extension Flintlock_Types_NetworkInterfaceStatus: SwiftProtobuf.Mess
     if !self.macAddress.isEmpty {
       try visitor.visitSingularStringField(value: self.macAddress, fieldNumber: 3)
     }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 100)
+    }
+    if self.addressAllocated != false {
+      try visitor.visitSingularBoolField(value: self.addressAllocated, fieldNumber: 101)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1494,6 +1510,8 @@ nonisolated extension Flintlock_Types_NetworkInterfaceStatus: SwiftProtobuf.Mess
     if lhs.hostDeviceName != rhs.hostDeviceName {return false}
     if lhs.index != rhs.index {return false}
     if lhs.macAddress != rhs.macAddress {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.addressAllocated != rhs.addressAllocated {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -109,13 +109,21 @@ enum APIConversion {
                 $0.volumes = st.volumes.mapValues { m in .with { $0.mount = mount(m) } }
                 if let k = st.kernelMount { $0.kernelMount = mount(k) }
                 if let i = st.initrdMount { $0.initrdMount = mount(i) }
-                $0.networkInterfaces = st.networkInterfaces.mapValues { n in
-                    .with {
+                var interfaces = st.networkInterfaces.mapValues { n in
+                    Flintlock_Types_NetworkInterfaceStatus.with {
                         $0.hostDeviceName = n.hostDeviceName
                         $0.index = Int32(n.index)
                         $0.macAddress = n.macAddress
                     }
                 }
+                // Addresses are known from the start (static, or allocated when the VM was stored).
+                for iface in vm.spec.interfaces {
+                    let allocated = st.allocatedAddresses?[iface.deviceID]
+                    guard let address = allocated ?? iface.address?.address else { continue }
+                    interfaces[iface.deviceID, default: .with { $0.macAddress = iface.guestMAC ?? generatedMAC(uid: vm.uid, deviceID: iface.deviceID) }].address = address
+                    interfaces[iface.deviceID]?.addressAllocated = allocated != nil
+                }
+                $0.networkInterfaces = interfaces
                 $0.retry = Int32(st.retry)
                 $0.failureReason = st.failureReason
                 if let t = st.firstConsoleOutputAt { $0.firstConsoleOutputAt = timestamp(t) }

@@ -26,6 +26,10 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var defaultProvider = "qemu"
     public var parentIface: String?
     public var bridgeName: String?
+    /// With `bridgeName`: the agent owns the bridge, gives it this address ("10.200.0.1/24") and
+    /// allocates guest addresses from the subnet.
+    public var bridgeCIDR: String?
+    public var bridgeNameservers: [String] = []
     public var insecureRegistries: [String] = []
     public var registryAuthFile: String?
     public var reconcileWorkers = 4
@@ -65,8 +69,12 @@ public struct AgentConfiguration: Sendable, Equatable {
             c.qemuAccel = v
         },
         .init(key: "default-provider", help: "VMM used when a spec names none.") { $0.defaultProvider = $1 },
-        .init(key: "parent-iface", help: "Parent interface for MACVTAP interfaces (not supported yet).") { $0.parentIface = $1 },
+        .init(key: "parent-iface", help: "Host interface MACVTAP interfaces hang off (bridge mode).") { $0.parentIface = $1 },
         .init(key: "bridge-name", help: "Bridge that TAP interfaces join when a spec names none.") { $0.bridgeName = $1 },
+        .init(key: "bridge-cidr", help: "Own --bridge-name: create it if missing with this gateway address (e.g. 10.200.0.1/24), enable forwarding and NAT for guest egress, and allocate guest addresses from the subnet to its interfaces that have no static address.") { $0.bridgeCIDR = $1 },
+        .init(key: "bridge-nameservers", help: "Nameservers (comma-separated) written into the network-config of guests with allocated addresses.") { c, v in
+            c.bridgeNameservers += v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        },
         .init(key: "insecure-registry", help: "Registry (host:port) reached over plain HTTP; repeat or separate with commas. Loopback registries always are.") { c, v in
             c.insecureRegistries += v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         },
@@ -110,6 +118,26 @@ public struct AgentConfiguration: Sendable, Equatable {
         }
         _ = try Self.hostPort(grpcEndpoint)
         if let b = bridgeName { try Validate.interfaceName(b, field: "bridge-name") }
+        if let p = parentIface { try Validate.interfaceName(p, field: "parent-iface") }
+        _ = try agentNetwork()
+    }
+
+    /// The agent-owned bridge and subnet, when --bridge-cidr is set.
+    public func agentNetwork() throws -> AgentNetwork? {
+        guard let cidr = bridgeCIDR, !cidr.isEmpty else {
+            guard bridgeNameservers.isEmpty else { throw AgentError.invalid("bridge-nameservers", "needs --bridge-cidr") }
+            return nil
+        }
+        guard let bridge = bridgeName else { throw AgentError.invalid("bridge-cidr", "needs --bridge-name, the bridge the agent owns") }
+        guard let gw = IPv4Interface(cidr: cidr) else { throw AgentError.invalid("bridge-cidr", "\"\(cidr)\" is not an IPv4 address with prefix, like 10.200.0.1/24") }
+        guard gw.prefixLength <= 30 else { throw AgentError.invalid("bridge-cidr", "/\(gw.prefixLength) leaves no room for guests; use /30 or shorter") }
+        guard gw.address != gw.network, gw.address != gw.broadcast else {
+            throw AgentError.invalid("bridge-cidr", "\(gw.address) is the subnet's network or broadcast address; give the gateway's own, like \(IPv4Address(gw.network.value + 1))/\(gw.prefixLength)")
+        }
+        for (i, n) in bridgeNameservers.enumerated() where !IPText.isIP(n) {
+            throw AgentError.invalid("bridge-nameservers[\(i)]", "\"\(n)\" is not an IP address")
+        }
+        return AgentNetwork(bridge: bridge, gateway: gw, nameservers: bridgeNameservers)
     }
 
     /// Splits `host:port`.

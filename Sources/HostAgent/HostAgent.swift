@@ -38,6 +38,7 @@ public final class HostAgent: Service {
         }
         let accel = await QEMUAcceleration.choose(requested: c.qemuAccel, binary: qemuPath, workDirectory: "\(c.stateDir)/probe", logger: logger)
         let vmm = QEMUVMM(binary: qemuPath, accelerator: accel, shutdownTimeout: c.shutdownTimeout, logger: logger)
+        try await AgentBridge(network: try c.agentNetwork(), stateDirectory: c.stateDir, logger: logger).reconcile()
         return HostAgent(configuration: c, repository: repo, images: images, vmm: vmm, logger: logger)
     }
 
@@ -53,9 +54,13 @@ public final class HostAgent: Service {
         settings.maxRetries = c.maxRetries
         settings.maxRestarts = c.maxRestarts
         settings.resyncPeriod = c.resyncPeriod
+        let agentNetwork = try? c.agentNetwork()  // validated when the configuration was resolved
+        settings.agentNetwork = agentNetwork
+        settings.parentInterface = c.parentIface
         let reconciler = Reconciler(store: store, images: images, network: TapNetwork(logger: logger), vmm: vmm, settings: settings, logger: logger)
         self.reconciler = reconciler
-        let policy = SpecPolicy(defaultProvider: c.defaultProvider, availableProviders: ["qemu"], defaultBridge: c.bridgeName)
+        let policy = SpecPolicy(defaultProvider: c.defaultProvider, availableProviders: ["qemu"], defaultBridge: c.bridgeName,
+                                parentInterface: c.parentIface, agentNetwork: agentNetwork ?? nil)
         self.service = MicroVMService(store: store, reconciler: reconciler, images: images, policy: policy, logger: logger)
     }
 

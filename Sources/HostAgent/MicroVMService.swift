@@ -1,3 +1,4 @@
+import CloudInit
 import Foundation
 import Logging
 import MicroVMCore
@@ -22,10 +23,12 @@ public final class MicroVMService: Sendable {
     /// Any uid in the request is ignored. UNAVAILABLE when containerd cannot be reached.
     public func create(_ requested: MicroVMSpec) async throws -> MicroVM {
         let spec = try requested.normalized(policy: policy)
+        try CloudInitDocuments.validate(metadata: spec.metadata, mounts: CloudInitDocuments.mounts(of: spec))
         try await images.checkAvailable()
         let now = Date()
         let vm = MicroVM(uid: ULID.make(date: now), spec: spec, status: MicroVMStatus(state: .pending), createdAt: now, updatedAt: now)
-        let stored = try store.insert(vm)
+        // The record and its addresses on the agent's bridge are stored together, or not at all.
+        let stored = try store.insert(vm, claims: spec.addressClaims(policy: policy))
         logger.info("microVM accepted", metadata: ["uid": "\(vm.uid)", "namespace": "\(spec.namespace)", "name": "\(spec.name)"])
         reconciler.enqueue(stored.uid)
         return stored

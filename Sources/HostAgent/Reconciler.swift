@@ -1,3 +1,4 @@
+import CloudInit
 import Foundation
 import HostSystem
 import Logging
@@ -18,6 +19,10 @@ public struct ReconcilerSettings: Sendable {
     /// How long the VMM may take to report the guest running.
     public var startTimeout: Duration = .seconds(60)
     public var resyncPeriod: Duration = .seconds(600)
+    /// The bridge the agent owns, for gateways and nameservers of allocated addresses.
+    public var agentNetwork: AgentNetwork?
+    /// The host interface macvtap devices hang off (`--parent-iface`).
+    public var parentInterface: String?
 
     public init(stateDirectory: String) { self.stateDirectory = stateDirectory }
 }
@@ -192,6 +197,8 @@ public final class Reconciler: Sendable {
         var volumes: [String: MountStatus] = [:]
         var kernelMount: MountStatus?
         var initrdMount: MountStatus?
+        /// Kernel command line entries the plan adds (before the spec's, which win).
+        var extraCmdline: [(String, String)] = []
         var running: Bool {
             if case .running = vmmState { return true }
             if case .starting = vmmState { return true }
@@ -242,16 +249,31 @@ public final class Reconciler: Sendable {
             },
             PlanStep("network", needed: { true }) {
                 for (i, iface) in spec.interfaces.enumerated() {
-                    let name = tapDeviceName(uid: ref.uid, index: i)
+                    let name = hostDeviceName(uid: ref.uid, index: i, type: iface.type)
                     let mac = iface.guestMAC ?? generatedMAC(uid: ref.uid, deviceID: iface.deviceID)
                     if ctx.running, try await self.network.interfaceExists(name: name), let known = vm.status.networkInterfaces[iface.deviceID] {
                         ctx.interfaces[iface.deviceID] = known
                         continue
                     }
-                    let st = try await self.network.ensureTap(name: name, bridge: iface.bridgeName ?? "", guestMAC: mac, for: ref)
+                    let st: InterfaceStatus
+                    if iface.type == .macvtap {
+                        guard let parent = self.settings.parentInterface else {
+                            throw AgentError(.failedPrecondition, "interface \(iface.deviceID) is MACVTAP but the agent has no --parent-iface")
+                        }
+                        st = try await self.network.ensureMacvtap(name: name, parent: parent, guestMAC: mac, for: ref)
+                    } else {
+                        st = try await self.network.ensureTap(name: name, bridge: iface.bridgeName ?? "", guestMAC: mac, for: ref)
+                    }
                     ctx.interfaces[iface.deviceID] = st
-                    ctx.nics.append(.init(deviceID: iface.deviceID, tapName: name, mac: mac))
+                    ctx.nics.append(.init(deviceID: iface.deviceID, tapName: name, mac: mac, isMacvtap: iface.type == .macvtap))
                 }
+            },
+            PlanStep("cloud-init-seed", needed: { !ctx.running && self.needsSeed(vm) }) {
+                let docs = try self.cloudInitDocuments(vm)
+                let path = "\(dir)/cidata.img"
+                try await SeedDisk.write(docs, to: path, volumeID: seedVolumeID(uid: ref.uid))
+                ctx.disks.append(.init(id: "cidata", path: path, format: "raw", readOnly: true))
+                ctx.extraCmdline = [("ds", "nocloud")]
             },
             PlanStep("record-resources", needed: { !ctx.running }) {
                 try self.store.mutate(uid: ref.uid) { v in
@@ -267,7 +289,7 @@ public final class Reconciler: Sendable {
                 guard try self.store.get(uid: ref.uid)?.status.state != .deleting else {
                     throw CancellationError()
                 }
-                let cmdline = kernelCommandLine(defaults: self.vmm.defaultCmdline, overrides: spec.kernel.cmdline)
+                let cmdline = kernelCommandLine(defaults: self.vmm.defaultCmdline + ctx.extraCmdline, overrides: spec.kernel.cmdline)
                 let launch = VMLaunchSpec(
                     ref: ref, vcpu: spec.vcpu, memoryInMB: spec.memoryInMB, kernelPath: ctx.kernelPath,
                     initrdPath: ctx.initrdPath, kernelCmdline: cmdline, disks: ctx.disks, nics: ctx.nics, directory: dir)
@@ -308,6 +330,32 @@ public final class Reconciler: Sendable {
         ]
         let report = try await PlanRunner(logger: log).run("create", steps: steps)
         if report.performed.contains("start-vmm") { log.info("microVM running") }
+    }
+
+    // MARK: - Guest configuration
+
+    /// Whether the guest gets a cloud-init seed disk: it has documents, asks for network-config,
+    /// has an allocated address, or has volumes to mount.
+    func needsSeed(_ vm: MicroVM) -> Bool {
+        !vm.spec.metadata.isEmpty || vm.spec.kernel.addNetworkConfig || !(vm.status.allocatedAddresses ?? [:]).isEmpty
+            || !CloudInitDocuments.mounts(of: vm.spec).isEmpty
+    }
+
+    /// The VM's cloud-init documents: its metadata, completed with instance-id, a generated
+    /// network-config (when asked for, or when the agent allocated an address) and volume mounts.
+    func cloudInitDocuments(_ vm: MicroVM) throws -> CloudInitDocuments {
+        let allocated = vm.status.allocatedAddresses ?? [:]
+        var interfaces: [GuestInterface]?
+        if vm.spec.kernel.addNetworkConfig || !allocated.isEmpty {
+            interfaces = vm.spec.interfaces.map { iface in
+                var address = iface.address
+                if address == nil, let a = allocated[iface.deviceID], let net = settings.agentNetwork {
+                    address = StaticAddress(address: a, gateway: net.gateway.address.description, nameservers: net.nameservers)
+                }
+                return GuestInterface(deviceID: iface.deviceID, mac: iface.guestMAC ?? generatedMAC(uid: vm.uid, deviceID: iface.deviceID), address: address)
+            }
+        }
+        return try CloudInitDocuments.make(metadata: vm.spec.metadata, additions: .init(instanceID: vm.uid, interfaces: interfaces, mounts: CloudInitDocuments.mounts(of: vm.spec)))
     }
 
     func isRunning(_ s: VMMRunState) -> Bool {
@@ -402,7 +450,7 @@ public final class Reconciler: Sendable {
     func deletePlan(_ vm: MicroVM, log: Logger) async throws {
         let ref = vm.ref
         let dir = directory(of: ref)
-        let tapNames = vm.spec.interfaces.indices.map { tapDeviceName(uid: ref.uid, index: $0) }
+        let tapNames = vm.spec.interfaces.enumerated().map { hostDeviceName(uid: ref.uid, index: $0.offset, type: $0.element.type) }
         let steps: [PlanStep] = [
             PlanStep("stop-vmm", needed: {
                 switch await self.vmm.state(of: ref, directory: dir) {
@@ -435,4 +483,16 @@ public final class Reconciler: Sendable {
         _ = try await PlanRunner(logger: log).run("delete", steps: steps)
         log.info("microVM deleted")
     }
+}
+
+/// The host device of a VM's interface: a TAP or a macvtap, named after the VM.
+func hostDeviceName(uid: String, index: Int, type: InterfaceType) -> String {
+    type == .macvtap ? macvtapDeviceName(uid: uid, index: index) : tapDeviceName(uid: uid, index: index)
+}
+
+/// A FAT volume id for the VM's seed disk, stable for its uid.
+func seedVolumeID(uid: String) -> UInt32 {
+    var h: UInt32 = 2_166_136_261
+    for b in uid.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
+    return h
 }

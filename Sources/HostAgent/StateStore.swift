@@ -27,9 +27,9 @@ public final class StateStore: Sendable {
     public func get(uid: String) throws -> MicroVM? { try repository.get(uid: uid) }
     public func list(namespace: String?, name: String? = nil) throws -> [MicroVM] { try repository.list(namespace: namespace, name: name) }
 
-    public func insert(_ vm: MicroVM) throws -> MicroVM {
+    public func insert(_ vm: MicroVM, claims: [AddressClaim] = []) throws -> MicroVM {
         try writeLock.withLock { _ in
-            let stored = try repository.insert(vm)
+            let stored = try repository.insert(vm, claims: claims)
             publish(.added(stored))
             return stored
         }

@@ -39,6 +39,31 @@ public final class TapNetwork: NetworkService {
         return InterfaceStatus(hostDeviceName: name, index: index, macAddress: guestMAC)
     }
 
+    public func ensureMacvtap(name: String, parent: String, guestMAC: String, for vm: MicroVMRef) async throws -> InterfaceStatus {
+        guard HostFiles.exists(Self.sysfs(parent)) else {
+            throw AgentError(.failedPrecondition, "parent interface \(parent) (--parent-iface) does not exist on this host")
+        }
+        let mac = guestMAC.lowercased()
+        if HostFiles.exists(Self.sysfs(name)) {
+            // Ours only if it is a macvtap on the same parent with the guest's MAC; else recreate it.
+            let current = (try? String(contentsOfFile: "\(Self.sysfs(name))/address", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            let link = (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(Self.sysfs(name))/lower_\(parent)")) != nil
+            if current != mac || !link || !HostFiles.exists("\(Self.sysfs(name))/macvtap") {
+                try await HostProcess.run(["ip", "link", "del", "dev", name])
+            }
+        }
+        if !HostFiles.exists(Self.sysfs(name)) {
+            try await HostProcess.run(["ip", "link", "add", "link", parent, "name", name, "address", mac, "type", "macvtap", "mode", "bridge"])
+        }
+        try await HostProcess.run(["ip", "-batch", "-"], input: "link set dev \(name) alias \"liquidmetal \(vm) \(name)\"\nlink set dev \(name) up\n")
+        let index = Int((try? String(contentsOfFile: "\(Self.sysfs(name))/ifindex", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        guard index > 0, HostFiles.exists("/dev/tap\(index)") else {
+            throw AgentError(.internalError, "macvtap \(name) has no character device /dev/tap\(index)")
+        }
+        logger.info("macvtap ready", metadata: ["uid": "\(vm.uid)", "macvtap": "\(name)", "parent": "\(parent)", "mac": "\(mac)"])
+        return InterfaceStatus(hostDeviceName: name, index: index, macAddress: mac)
+    }
+
     public func deleteInterface(name: String) async throws {
         guard HostFiles.exists(Self.sysfs(name)) else { return }
         try await HostProcess.run(["ip", "link", "del", "dev", name])

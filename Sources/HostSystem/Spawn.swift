@@ -115,7 +115,8 @@ public enum HostProcess {
     /// and process group. Only stdio is inherited unless `keepFDs` names more descriptors.
     public static func spawn(
         _ argv: [String], stdin: Int32? = nil, stdout: Int32? = nil, stderr: Int32? = nil,
-        newSession: Bool = false, environment: [String: String]? = nil, closeInChild: [Int32] = []
+        newSession: Bool = false, environment: [String: String]? = nil, closeInChild: [Int32] = [],
+        passing: [Int32] = []
     ) throws -> pid_t {
         precondition(!argv.isEmpty)
         var actions = posix_spawn_file_actions_t()
@@ -133,9 +134,19 @@ public enum HostProcess {
             }
         }
         for fd in closeInChild { posix_spawn_file_actions_addclose(&actions, fd) }
-        // Nothing but stdio crosses into the child: a long-lived child (QEMU) must not hold the
+        // `passing` becomes descriptors 3, 4, ... in the child. Sources are first copied above the
+        // targets, so that no dup2 overwrites a source a later one still needs.
+        var highCopies: [Int32] = []
+        defer { for fd in highCopies { close(fd) } }
+        for (i, fd) in passing.enumerated() {
+            let high = fcntl(fd, F_DUPFD_CLOEXEC, Int32(3 + passing.count + 16))
+            guard high >= 0 else { throw SpawnError(executable: argv[0], errno: errno) }
+            highCopies.append(high)
+            posix_spawn_file_actions_adddup2(&actions, high, Int32(3 + i))
+        }
+        // Nothing else crosses into the child: a long-lived child (QEMU) must not hold the
         // agent's listening sockets or database open after the agent exits.
-        closeInheritedDescriptors(&actions, keep: [stdin, stdout, stderr].compactMap { $0 } + closeInChild)
+        closeInheritedDescriptors(&actions, from: Int32(3 + passing.count), keep: [stdin, stdout, stderr].compactMap { $0 } + closeInChild)
         var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
         if newSession { flags |= 0x80 }  // POSIX_SPAWN_SETSID (glibc; hidden behind _GNU_SOURCE)
         posix_spawnattr_setflags(&attr, Int16(flags))
@@ -167,12 +178,12 @@ public enum HostProcess {
         return unsafeBitCast(sym, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
     }()
 
-    static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t, keep: [Int32]) {
-        // dup2 targets 0-2 are set up first; sources above 2 are only read by dup2, which runs in
-        // order before the close-from action, so closing everything from 3 is safe.
-        if let closeFrom = addCloseFrom, closeFrom(&actions, 3) == 0 { return }
+    static func closeInheritedDescriptors(_ actions: inout posix_spawn_file_actions_t, from first: Int32 = 3, keep: [Int32]) {
+        // dup2 targets below `first` are set up first; their sources are only read by dup2, which
+        // runs in order before the close-from action, so closing everything from `first` is safe.
+        if let closeFrom = addCloseFrom, closeFrom(&actions, first) == 0 { return }
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.compactMap { Int32($0) } ?? []
-        for fd in fds where fd > 2 && !keep.contains(fd) { posix_spawn_file_actions_addclose(&actions, fd) }
+        for fd in fds where fd >= first && !keep.contains(fd) { posix_spawn_file_actions_addclose(&actions, fd) }
     }
 
     /// Finds `name` on PATH (or returns it when it contains a slash).

@@ -35,3 +35,16 @@ public func tapDeviceName(uid: String, index: Int) -> String {
     let tail = String(uid.suffix(8)).lowercased()
     return "lm\(tail)t\(index)"
 }
+
+/// The host device name of a VM's macvtap: like its TAP's, with `m` for the kind.
+public func macvtapDeviceName(uid: String, index: Int) -> String {
+    let tail = String(uid.suffix(8)).lowercased()
+    return "lm\(tail)m\(index)"
+}
+
+/// The guest's block device for the disk at `index` in the order the agent attaches them:
+/// the root volume is vda, additional volumes follow in spec order, the cloud-init seed disk last.
+public func guestDiskName(index: Int) -> String {
+    let letters = Array("abcdefghijklmnopqrstuvwxyz")
+    return index < 26 ? "vd\(letters[index])" : "vd\(letters[index / 26 - 1])\(letters[index % 26])"
+}

@@ -171,6 +171,9 @@ public struct MicroVMStatus: Sendable, Codable, Equatable {
     public var restartCount: Int
     public var vmmPID: Int32
     public var accelerator: String
+    /// Addresses the agent allocated on its own bridge, by device_id ("10.200.0.2/24"). Set when the
+    /// VM is stored, kept until it is deleted. Optional so that records from before it decode.
+    public var allocatedAddresses: [String: String]?
 
     public init(state: MicroVMState = .pending) {
         self.state = state

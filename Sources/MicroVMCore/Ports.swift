@@ -5,6 +5,10 @@ public protocol MicroVMRepository: Sendable {
     /// Stores a new VM. Throws ALREADY_EXISTS when a VM with the same namespace and name exists,
     /// including one still being deleted (its name is free once it is gone).
     func insert(_ vm: MicroVM) throws -> MicroVM
+    /// Stores a new VM and takes the addresses it claims, in one transaction: allocated addresses go
+    /// into `status.allocatedAddresses`. ALREADY_EXISTS when a fixed address is taken,
+    /// FAILED_PRECONDITION when the subnet is full. `remove(uid:)` frees them.
+    func insert(_ vm: MicroVM, claims: [AddressClaim]) throws -> MicroVM
     func get(uid: String) throws -> MicroVM?
     /// VMs in `namespace` (all when nil), optionally only those called `name`.
     func list(namespace: String?, name: String?) throws -> [MicroVM]
@@ -13,6 +17,45 @@ public protocol MicroVMRepository: Sendable {
     func update(_ vm: MicroVM) throws -> MicroVM
     /// Removes a VM's record for good.
     func remove(uid: String) throws
+}
+
+/// The cloud-init (NoCloud) document names, as metadata keys and seed-disk file names.
+public enum CloudInitKey {
+    public static let metaData = "meta-data"
+    public static let userData = "user-data"
+    public static let vendorData = "vendor-data"
+    public static let networkConfig = "network-config"
+    public static let all = [metaData, userData, vendorData, networkConfig]
+}
+
+/// The bridge the agent owns and the subnet it allocates guest addresses from.
+public struct AgentNetwork: Sendable, Equatable {
+    public var bridge: String
+    /// The bridge's own address with the subnet's prefix: the guests' gateway ("10.200.0.1/24").
+    public var gateway: IPv4Interface
+    /// Nameservers written into generated network-config for allocated addresses.
+    public var nameservers: [String]
+    public init(bridge: String, gateway: IPv4Interface, nameservers: [String] = []) {
+        self.bridge = bridge
+        self.gateway = gateway
+        self.nameservers = nameservers
+    }
+}
+
+/// An address a new VM's interface takes on the agent's network, stored with the VM in one transaction.
+public struct AddressClaim: Sendable, Equatable {
+    public var deviceID: String
+    public var network: AgentNetwork
+    /// A static address inside the subnet (must be free), or nil: the lowest free address.
+    public var fixed: IPv4Address?
+    /// The spec field to name in errors.
+    public var field: String
+    public init(deviceID: String, network: AgentNetwork, fixed: IPv4Address?, field: String) {
+        self.deviceID = deviceID
+        self.network = network
+        self.fixed = fixed
+        self.field = field
+    }
 }
 
 /// A file taken out of an image, ready for a VMM.
@@ -41,6 +84,8 @@ public protocol ImageService: Sendable {
 public protocol NetworkService: Sendable {
     /// Creates (or finds) the TAP named `name` attached to `bridge`; returns its status.
     func ensureTap(name: String, bridge: String, guestMAC: String, for vm: MicroVMRef) async throws -> InterfaceStatus
+    /// Creates (or finds) the macvtap named `name` on `parent` in bridge mode with the guest's MAC.
+    func ensureMacvtap(name: String, parent: String, guestMAC: String, for vm: MicroVMRef) async throws -> InterfaceStatus
     func interfaceExists(name: String) async throws -> Bool
     func deleteInterface(name: String) async throws
 }
@@ -61,12 +106,15 @@ public struct VMLaunchSpec: Sendable, Equatable {
     }
     public struct NIC: Sendable, Equatable {
         public var deviceID: String
+        /// The host device: a TAP the VMM opens by name, or a macvtap whose /dev/tapN it opens.
         public var tapName: String
         public var mac: String
-        public init(deviceID: String, tapName: String, mac: String) {
+        public var isMacvtap: Bool
+        public init(deviceID: String, tapName: String, mac: String, isMacvtap: Bool = false) {
             self.deviceID = deviceID
             self.tapName = tapName
             self.mac = mac
+            self.isMacvtap = isMacvtap
         }
     }
     public var ref: MicroVMRef

@@ -8,16 +8,24 @@ public struct SpecPolicy: Sendable {
     public var defaultBridge: String?
     public var vcpuRange: ClosedRange<Int>
     public var memoryRangeMB: ClosedRange<Int>
+    /// The host interface macvtap devices hang off (`--parent-iface`); nil: no macvtap.
+    public var parentInterface: String?
+    /// The bridge the agent owns, with its subnet (`--bridge-name` with `--bridge-cidr`): TAPs on it
+    /// without a static address get an address allocated from the subnet.
+    public var agentNetwork: AgentNetwork?
 
     public init(
         defaultProvider: String = "qemu", availableProviders: Set<String> = ["qemu"], defaultBridge: String? = nil,
-        vcpuRange: ClosedRange<Int> = 1...64, memoryRangeMB: ClosedRange<Int> = 64...262_144
+        vcpuRange: ClosedRange<Int> = 1...64, memoryRangeMB: ClosedRange<Int> = 64...262_144,
+        parentInterface: String? = nil, agentNetwork: AgentNetwork? = nil
     ) {
         self.defaultProvider = defaultProvider
         self.availableProviders = availableProviders
         self.defaultBridge = defaultBridge
         self.vcpuRange = vcpuRange
         self.memoryRangeMB = memoryRangeMB
+        self.parentInterface = parentInterface
+        self.agentNetwork = agentNetwork
     }
 
     public static let defaultVCPU = 2
@@ -86,9 +94,6 @@ extension MicroVMSpec {
         for (k, v) in kernel.cmdline where v.contains(where: { $0.isNewline }) {
             throw .invalid("kernel.cmdline[\(k)]", "value must not contain a newline")
         }
-        if kernel.addNetworkConfig {
-            throw .invalid("kernel.add_network_config", "generated network-config is not supported by this agent yet")
-        }
         if let initrd {
             guard !initrd.image.isEmpty else { throw .invalid("initrd.image", "is required when initrd is given") }
             try Validate.imageReference(initrd.image, field: "initrd.image")
@@ -112,26 +117,45 @@ extension MicroVMSpec {
             guard deviceIDs.insert(iface.deviceID).inserted else {
                 throw .invalid("\(f).device_id", "\"\(iface.deviceID)\" is used by another interface")
             }
-            if iface.type == .macvtap {
-                throw .invalid("\(f).type", "MACVTAP interfaces are not supported by this agent yet; use TAP")
-            }
-            if iface.address != nil {
-                throw .invalid("\(f).address", "static addresses are not supported by this agent yet")
-            }
+            if let address = iface.address { try Validate.staticAddress(address, field: "\(f).address") }
             if let mac = iface.guestMAC {
                 try Validate.mac(mac, field: "\(f).guest_mac")
                 guard macs.insert(mac.lowercased()).inserted else {
                     throw .invalid("\(f).guest_mac", "\(mac) is used by another interface")
                 }
             }
+            if iface.type == .macvtap {
+                guard policy.parentInterface != nil else {
+                    throw AgentError(.failedPrecondition, "\(f).type: MACVTAP needs a parent interface; start the agent with --parent-iface")
+                }
+                if let b = iface.bridgeName, !b.isEmpty, b != policy.defaultBridge {
+                    throw .invalid("\(f).overrides.bridge_name", "a MACVTAP interface hangs off --parent-iface, not a bridge")
+                }
+                continue
+            }
             guard let bridge = iface.bridgeName, !bridge.isEmpty else {
                 throw .invalid("\(f).overrides.bridge_name", "a TAP interface needs a bridge: set overrides.bridge_name or start the agent with --bridge-name")
             }
             try Validate.interfaceName(bridge, field: "\(f).overrides.bridge_name")
         }
-        if !metadata.isEmpty {
-            throw .invalid("metadata", "cloud-init metadata is not supported by this agent yet")
+        try Validate.metadata(metadata)
+    }
+
+    /// The addresses this VM takes on the agent's network: a fixed claim for a static address inside
+    /// its subnet, an allocation for each TAP on its bridge without one.
+    public func addressClaims(policy: SpecPolicy) -> [AddressClaim] {
+        guard let net = policy.agentNetwork else { return [] }
+        var claims: [AddressClaim] = []
+        for (i, iface) in interfaces.enumerated() where iface.type == .tap && iface.bridgeName == net.bridge {
+            if let a = iface.address {
+                if let v4 = IPv4Interface(cidr: a.address), net.gateway.contains(v4.address) {
+                    claims.append(AddressClaim(deviceID: iface.deviceID, network: net, fixed: v4.address, field: "interfaces[\(i)].address.address"))
+                }
+            } else {
+                claims.append(AddressClaim(deviceID: iface.deviceID, network: net, fixed: nil, field: "interfaces[\(i)]"))
+            }
         }
+        return claims
     }
 }
 
@@ -190,6 +214,43 @@ public enum Validate {
         else { throw .invalid(field, "\"\(s)\" is not a valid interface name (1-15 characters, no '/', ':' or spaces)") }
     }
 
+    /// A static address: an address in CIDR form, a gateway (bare or CIDR) on the same subnet,
+    /// nameservers that are IP addresses.
+    public static func staticAddress(_ a: StaticAddress, field: String) throws(AgentError) {
+        guard let addr = IPText.cidr(a.address) else {
+            throw .invalid("\(field).address", "\"\(a.address)\" is not an address in CIDR form like 10.0.0.5/24")
+        }
+        if let g = a.gateway, !g.isEmpty {
+            let bare = String(g.split(separator: "/", maxSplits: 1).first ?? "")
+            guard IPText.isIP(bare), g.contains("/") ? IPText.cidr(g) != nil : true else {
+                throw .invalid("\(field).gateway", "\"\(g)\" is not an IP address")
+            }
+            if addr.v6 != IPText.isIPv6(bare) {
+                throw .invalid("\(field).gateway", "\(g) and \(a.address) are not of the same IP family")
+            }
+            if !addr.v6, let net = IPv4Interface(cidr: a.address), let gw = IPv4Address(bare) {
+                guard net.contains(gw) else { throw .invalid("\(field).gateway", "\(g) is outside the subnet \(net.networkCIDR)") }
+                guard gw != net.address else { throw .invalid("\(field).gateway", "\(g) is the interface's own address") }
+            }
+        }
+        for (i, n) in a.nameservers.enumerated() where !IPText.isIP(n) {
+            throw .invalid("\(field).nameservers[\(i)]", "\"\(n)\" is not an IP address")
+        }
+    }
+
+    /// cloud-init documents: the four NoCloud keys, each base64.
+    public static func metadata(_ m: [String: String]) throws(AgentError) {
+        for (k, v) in m.sorted(by: { $0.key < $1.key }) {
+            guard CloudInitKey.all.contains(k) else {
+                throw .invalid("metadata[\(k)]", "unknown document; the keys are \(CloudInitKey.all.joined(separator: ", "))")
+            }
+            guard let data = Data(base64Encoded: v, options: .ignoreUnknownCharacters), v.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "+/=\n\r".contains($0)) }) else {
+                throw .invalid("metadata[\(k)]", "is not base64")
+            }
+            guard data.count <= 16 << 20 else { throw .invalid("metadata[\(k)]", "is larger than 16 MiB") }
+        }
+    }
+
     static func volume(_ v: VolumeSpec, field: String) throws(AgentError) {
         try objectName(v.id, field: "\(field).id")
         if v.virtiofsSource != nil { throw .invalid("\(field).source.virtiofs_source", "virtiofs volumes are not supported by this agent yet") }
@@ -197,8 +258,12 @@ public enum Validate {
             throw .invalid("\(field).source.container_source", "is required")
         }
         try imageReference(src, field: "\(field).source.container_source")
-        if v.mountPoint != nil && v.mountPoint != "" {
-            throw .invalid("\(field).mount_point", "mounting volumes through cloud-init is not supported by this agent yet")
+        if let m = v.mountPoint, !m.isEmpty {
+            guard m.hasPrefix("/"), m != "/", !m.contains(where: { $0.isWhitespace || $0.isNewline || $0 == "\0" }),
+                  !m.split(separator: "/").contains("..") else {
+                throw .invalid("\(field).mount_point", "\"\(m)\" must be an absolute path other than /, without spaces or \"..\"")
+            }
+            if field == "root_volume" { throw .invalid("\(field).mount_point", "the root volume is mounted at / by the guest's initrd") }
         }
         if let size = v.sizeInMB, size < 0 || size > 1_048_576 {
             throw .invalid("\(field).size_in_mb", "\(size) is out of range 0-1048576")

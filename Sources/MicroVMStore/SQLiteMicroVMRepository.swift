@@ -38,6 +38,18 @@ public final class SQLiteMicroVMRepository: MicroVMRepository {
             }
             try db.create(index: "microvm_namespace_name", on: "microvm", columns: ["namespace", "name"], unique: true)
         }
+        m.registerMigration("v2: address allocations") { db in
+            // One row per address taken on an agent-owned bridge; the primary key makes handing an
+            // address out twice impossible, the cascade frees it with its VM.
+            try db.create(table: "address_allocation") { t in
+                t.column("bridge", .text).notNull()
+                t.column("address", .integer).notNull()
+                t.column("uid", .text).notNull().references("microvm", column: "uid", onDelete: .cascade)
+                t.column("device_id", .text).notNull()
+                t.primaryKey(["bridge", "address"])
+            }
+            try db.create(index: "address_allocation_uid", on: "address_allocation", columns: ["uid"])
+        }
         return m
     }
 
@@ -72,18 +84,60 @@ public final class SQLiteMicroVMRepository: MicroVMRepository {
             deletedAt: deleted.map { Date(timeIntervalSince1970: $0) })
     }
 
-    public func insert(_ vm: MicroVM) throws -> MicroVM {
+    public func insert(_ vm: MicroVM) throws -> MicroVM { try insert(vm, claims: []) }
+
+    public func insert(_ vm: MicroVM, claims: [AddressClaim]) throws -> MicroVM {
         try wrap {
             try db.write { db in
                 if try Row.fetchOne(db, sql: "SELECT uid FROM microvm WHERE namespace = ? AND name = ?", arguments: [vm.spec.namespace, vm.spec.name]) != nil {
                     throw AgentError(.alreadyExists, "a microVM named \(vm.spec.namespace)/\(vm.spec.name) already exists")
+                }
+                var vm = vm
+                var taken: [(String, UInt32, String)] = []
+                for claim in claims {
+                    let net = claim.network
+                    let used = Set(try Int64.fetchAll(db, sql: "SELECT address FROM address_allocation WHERE bridge = ?", arguments: [net.bridge]).map { UInt32($0) })
+                        .union(taken.filter { $0.0 == net.bridge }.map(\.1))
+                    let reserved: Set<UInt32> = [net.gateway.address.value]
+                    if let fixed = claim.fixed {
+                        guard !reserved.contains(fixed.value) else {
+                            throw AgentError(.invalidArgument, "\(claim.field): \(fixed) is the address of bridge \(net.bridge)")
+                        }
+                        guard !used.contains(fixed.value) else {
+                            let owner = try String.fetchOne(db, sql: "SELECT uid FROM address_allocation WHERE bridge = ? AND address = ?", arguments: [net.bridge, Int64(fixed.value)])
+                            throw AgentError(.alreadyExists, "\(claim.field): \(fixed) is already allocated on \(net.bridge)\(owner.map { " (to microVM \($0))" } ?? "")")
+                        }
+                        taken.append((net.bridge, fixed.value, claim.deviceID))
+                    } else {
+                        guard let free = net.gateway.hostAddresses.first(where: { !used.contains($0) && !reserved.contains($0) }) else {
+                            throw AgentError(.failedPrecondition, "\(claim.field): no free address left in \(net.gateway.networkCIDR) on \(net.bridge)")
+                        }
+                        taken.append((net.bridge, free, claim.deviceID))
+                        vm.status.allocatedAddresses = (vm.status.allocatedAddresses ?? [:])
+                            .merging([claim.deviceID: "\(IPv4Address(free))/\(net.gateway.prefixLength)"]) { $1 }
+                    }
                 }
                 let values = try row(vm)
                 let cols = values.keys.sorted()
                 try db.execute(
                     sql: "INSERT INTO microvm (\(cols.joined(separator: ","))) VALUES (\(cols.map { _ in "?" }.joined(separator: ",")))",
                     arguments: StatementArguments(cols.map { values[$0]! }))
+                for (bridge, address, device) in taken {
+                    try db.execute(sql: "INSERT INTO address_allocation (bridge, address, uid, device_id) VALUES (?, ?, ?, ?)",
+                                   arguments: [bridge, Int64(address), vm.uid, device])
+                }
                 return vm
+            }
+        }
+    }
+
+    /// Every address allocation: (bridge, address, uid, device_id), ordered.
+    public func addressAllocations() throws -> [(bridge: String, address: IPv4Address, uid: String, deviceID: String)] {
+        try wrap {
+            try db.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM address_allocation ORDER BY bridge, address").map {
+                    (bridge: $0["bridge"], address: IPv4Address(UInt32(($0["address"] as Int64))), uid: $0["uid"], deviceID: $0["device_id"])
+                }
             }
         }
     }
@@ -133,7 +187,12 @@ public final class SQLiteMicroVMRepository: MicroVMRepository {
     }
 
     public func remove(uid: String) throws {
-        try wrap { try db.write { try $0.execute(sql: "DELETE FROM microvm WHERE uid = ?", arguments: [uid]) } }
+        try wrap {
+            try db.write { db in
+                try db.execute(sql: "DELETE FROM address_allocation WHERE uid = ?", arguments: [uid])
+                try db.execute(sql: "DELETE FROM microvm WHERE uid = ?", arguments: [uid])
+            }
+        }
     }
 
     /// Maps SQLite failures to an agent error so callers see a clear message.

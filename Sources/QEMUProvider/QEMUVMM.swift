@@ -65,9 +65,15 @@ public final class QEMUVMM: VMMProvider {
             a += ["-drive", "id=disk\(i),file=\(d.path),format=\(d.format),if=none\(d.readOnly ? ",readonly=on" : "")",
                   "-device", "virtio-blk-device,drive=disk\(i)"]
         }
+        var passedFD: Int32 = 3  // macvtap devices arrive as descriptors 3, 4, ... (see start)
         for (i, n) in s.nics.enumerated() {
-            a += ["-netdev", "tap,id=net\(i),ifname=\(n.tapName),script=no,downscript=no",
-                  "-device", "virtio-net-device,netdev=net\(i),mac=\(n.mac)"]
+            if n.isMacvtap {
+                a += ["-netdev", "tap,id=net\(i),fd=\(passedFD)"]
+                passedFD += 1
+            } else {
+                a += ["-netdev", "tap,id=net\(i),ifname=\(n.tapName),script=no,downscript=no"]
+            }
+            a += ["-device", "virtio-net-device,netdev=net\(i),mac=\(n.mac)"]
         }
         a += ["-qmp", "unix:\(Self.qmpSocket(dir, uid: s.ref.uid)),server=on,wait=off",
               "-qmp", "unix:\(Self.qmpSocket(dir, uid: s.ref.uid, events: true)),server=on,wait=off",
@@ -95,8 +101,19 @@ public final class QEMUVMM: VMMProvider {
         let logFD = open(Self.vmmLog(dir), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard logFD >= 0 else { throw AgentError(.internalError, "cannot open \(Self.vmmLog(dir))") }
         defer { close(logFD) }
+        // A macvtap is handed over open: its character device /dev/tap<ifindex>.
+        var tapFDs: [Int32] = []
+        defer { for fd in tapFDs { close(fd) } }
+        for n in s.nics where n.isMacvtap {
+            let index = (try? String(contentsOfFile: "/sys/class/net/\(n.tapName)/ifindex", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            let fd = open("/dev/tap\(index)", O_RDWR | O_CLOEXEC)
+            guard !index.isEmpty, fd >= 0 else {
+                throw AgentError(.failedPrecondition, "cannot open the macvtap \(n.tapName) (/dev/tap\(index)): errno \(errno)")
+            }
+            tapFDs.append(fd)
+        }
         let argv = arguments(for: s)
-        let pid = try HostProcess.spawn(argv, stdout: logFD, stderr: logFD, newSession: true)
+        let pid = try HostProcess.spawn(argv, stdout: logFD, stderr: logFD, newSession: true, passing: tapFDs)
         reaper.watch(pid: pid, exitFile: Self.exitFile(dir))
         logger.info("started qemu", metadata: ["uid": "\(s.ref.uid)", "pid": "\(pid)", "accel": "\(accelerator)"])
         // QEMU writes its pid file and opens its sockets once the machine is set up; an early

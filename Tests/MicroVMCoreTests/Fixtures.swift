@@ -11,8 +11,8 @@ func validSpec() -> MicroVMSpec {
 }
 
 /// A TAP interface with the given device id and, optionally, MAC and bridge.
-func tap(_ deviceID: String, mac: String? = nil, bridge: String? = "br0") -> NetworkInterfaceSpec {
-    NetworkInterfaceSpec(deviceID: deviceID, type: .tap, guestMAC: mac, bridgeName: bridge)
+func tap(_ deviceID: String, mac: String? = nil, bridge: String? = "br0", address: String? = nil, gateway: String? = nil) -> NetworkInterfaceSpec {
+    NetworkInterfaceSpec(deviceID: deviceID, type: .tap, guestMAC: mac, address: address.map { StaticAddress(address: $0, gateway: gateway) }, bridgeName: bridge)
 }
 
 /// Expects `body` to throw an `AgentError` with `code` whose message starts with `"<field>: "`.

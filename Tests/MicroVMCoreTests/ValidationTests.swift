@@ -1,3 +1,4 @@
+import Foundation
 import MicroVMCore
 import Testing
 
@@ -190,7 +191,6 @@ let kernelRejections: [Rejection] = [
     Rejection(label: "cmdline key with space", field: "kernel.cmdline") { $0.kernel.cmdline = ["a b": "1"] },
     Rejection(label: "empty cmdline key", field: "kernel.cmdline") { $0.kernel.cmdline = ["": "1"] },
     Rejection(label: "cmdline value with newline", field: "kernel.cmdline[init]") { $0.kernel.cmdline = ["init": "/bin/sh\nrm"] },
-    Rejection(label: "add_network_config", field: "kernel.add_network_config") { $0.kernel.addNetworkConfig = true },
     Rejection(label: "initrd with empty image", field: "initrd.image") { $0.initrd = InitrdSpec(image: "") },
     Rejection(label: "initrd with malformed image", field: "initrd.image") { $0.initrd = InitrdSpec(image: "Busybox") },
     Rejection(label: "initrd filename with ..", field: "initrd.filename") { $0.initrd = InitrdSpec(image: "busybox", filename: "../initrd") },
@@ -214,8 +214,20 @@ let volumeRejections: [Rejection] = [
     Rejection(label: "virtiofs volume", field: "root_volume.source.virtiofs_source") {
         $0.rootVolume = VolumeSpec(id: "root", containerSource: "busybox", virtiofsSource: "/srv")
     },
-    Rejection(label: "volume with mount point", field: "additional_volumes[0].mount_point") {
-        $0.additionalVolumes = [VolumeSpec(id: "data", mountPoint: "/data", containerSource: "busybox")]
+    Rejection(label: "relative mount point", field: "additional_volumes[0].mount_point") {
+        $0.additionalVolumes = [VolumeSpec(id: "data", mountPoint: "data", containerSource: "busybox")]
+    },
+    Rejection(label: "mount point /", field: "additional_volumes[0].mount_point") {
+        $0.additionalVolumes = [VolumeSpec(id: "data", mountPoint: "/", containerSource: "busybox")]
+    },
+    Rejection(label: "mount point with ..", field: "additional_volumes[0].mount_point") {
+        $0.additionalVolumes = [VolumeSpec(id: "data", mountPoint: "/data/../etc", containerSource: "busybox")]
+    },
+    Rejection(label: "mount point with a space", field: "additional_volumes[0].mount_point") {
+        $0.additionalVolumes = [VolumeSpec(id: "data", mountPoint: "/my data", containerSource: "busybox")]
+    },
+    Rejection(label: "root volume with a mount point", field: "root_volume.mount_point") {
+        $0.rootVolume = VolumeSpec(id: "root", mountPoint: "/data", containerSource: "busybox")
     },
     Rejection(label: "volume with partition", field: "additional_volumes[0].partition_id") {
         $0.additionalVolumes = [VolumeSpec(id: "data", containerSource: "busybox", partitionID: "1")]
@@ -251,11 +263,24 @@ let interfaceRejections: [Rejection] = [
     Rejection(label: "MAC with 3-digit octet", field: "interfaces[0].guest_mac") { $0.interfaces = [tap("eth0", mac: "02:00:00:00:00:001")] },
     Rejection(label: "MAC with 1-digit octet", field: "interfaces[0].guest_mac") { $0.interfaces = [tap("eth0", mac: "2:0:0:0:0:1")] },
     Rejection(label: "empty MAC", field: "interfaces[0].guest_mac") { $0.interfaces = [tap("eth0", mac: "")] },
-    Rejection(label: "MACVTAP", field: "interfaces[0].type") {
+    Rejection(label: "MACVTAP without --parent-iface", field: "interfaces[0].type", code: .failedPrecondition) {
+        $0.interfaces = [NetworkInterfaceSpec(deviceID: "eth0", type: .macvtap)]
+    },
+    Rejection(label: "MACVTAP with a bridge", field: "interfaces[0].overrides.bridge_name", policy: SpecPolicy(parentInterface: "eno1")) {
         $0.interfaces = [NetworkInterfaceSpec(deviceID: "eth0", type: .macvtap, bridgeName: "br0")]
     },
-    Rejection(label: "static address", field: "interfaces[0].address") {
-        $0.interfaces = [NetworkInterfaceSpec(deviceID: "eth0", type: .tap, address: StaticAddress(address: "10.0.0.2/24"), bridgeName: "br0")]
+    Rejection(label: "static address without prefix", field: "interfaces[0].address.address") { $0.interfaces = [tap("eth0", address: "10.0.0.2")] },
+    Rejection(label: "static address /33", field: "interfaces[0].address.address") { $0.interfaces = [tap("eth0", address: "10.0.0.2/33")] },
+    Rejection(label: "static address 10.0.0.256/24", field: "interfaces[0].address.address") { $0.interfaces = [tap("eth0", address: "10.0.0.256/24")] },
+    Rejection(label: "static address with a hostname", field: "interfaces[0].address.address") { $0.interfaces = [tap("eth0", address: "host/24")] },
+    Rejection(label: "static address IPv6 /129", field: "interfaces[0].address.address") { $0.interfaces = [tap("eth0", address: "fd00::1/129")] },
+    Rejection(label: "gateway outside the subnet", field: "interfaces[0].address.gateway") { $0.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "10.0.1.1")] },
+    Rejection(label: "gateway in CIDR form outside the subnet", field: "interfaces[0].address.gateway") { $0.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "10.0.1.1/24")] },
+    Rejection(label: "gateway is the address itself", field: "interfaces[0].address.gateway") { $0.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "10.0.0.2")] },
+    Rejection(label: "gateway not an IP", field: "interfaces[0].address.gateway") { $0.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "router")] },
+    Rejection(label: "IPv6 gateway for an IPv4 address", field: "interfaces[0].address.gateway") { $0.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "fd00::1")] },
+    Rejection(label: "nameserver not an IP", field: "interfaces[0].address.nameservers[1]") {
+        $0.interfaces = [NetworkInterfaceSpec(deviceID: "eth0", type: .tap, address: StaticAddress(address: "10.0.0.2/24", nameservers: ["1.1.1.1", "dns.example"]), bridgeName: "br0")]
     },
     Rejection(label: "TAP without any bridge", field: "interfaces[0].overrides.bridge_name") {
         $0.interfaces = [tap("eth0", bridge: nil)]
@@ -271,7 +296,8 @@ let interfaceRejections: [Rejection] = [
     Rejection(label: "bridge name with space", field: "interfaces[0].overrides.bridge_name") { $0.interfaces = [tap("eth0", bridge: "br 0")] },
     Rejection(label: "policy's default bridge too long", field: "interfaces[0].overrides.bridge_name",
               policy: SpecPolicy(defaultBridge: "a-very-long-bridge")) { $0.interfaces = [tap("eth0", bridge: nil)] },
-    Rejection(label: "metadata", field: "metadata") { $0.metadata = ["user-data": "I2Nsb3VkLWNvbmZpZw=="] },
+    Rejection(label: "metadata that is not base64", field: "metadata[user-data]") { $0.metadata = ["user-data": "#cloud-config\nruncmd: []"] },
+    Rejection(label: "metadata with an unknown document", field: "metadata[userdata]") { $0.metadata = ["userdata": "I2Nsb3VkLWNvbmZpZw=="] },
 ]
 
 @Suite("MicroVMSpec.normalized: rejections")
@@ -388,5 +414,52 @@ struct FieldValidatorTests {
         } else {
             expectAgentError(.invalidArgument, field: "kernel.filename") { try Validate.filename(name, field: "kernel.filename") }
         }
+    }
+}
+
+@Suite("guest network and metadata")
+struct GuestNetworkTests {
+    let lm0 = AgentNetwork(bridge: "lm0", gateway: IPv4Interface(cidr: "10.200.0.1/24")!)
+
+    @Test("static addresses (IPv4 and IPv6, gateway bare or in CIDR form), metadata and mount points are accepted")
+    func accepted() throws {
+        var s = validSpec()
+        s.interfaces = [tap("eth0", address: "10.0.0.2/24", gateway: "10.0.0.1"), tap("eth1", address: "10.0.1.2/24", gateway: "10.0.1.1/24"),
+                        tap("eth2", address: "fd00::2/64", gateway: "fd00::1"), tap("eth3")]
+        s.kernel.addNetworkConfig = true
+        s.metadata = ["meta-data": Data("local-hostname: n1\n".utf8).base64EncodedString(), "user-data": ""]
+        s.additionalVolumes = [VolumeSpec(id: "data", isReadOnly: true, mountPoint: "/data", containerSource: "busybox")]
+        #expect(throws: Never.self) { _ = try s.normalized(policy: SpecPolicy()) }
+    }
+
+    @Test("address claims: TAPs on the agent's bridge without an address are allocated; static ones inside the subnet are fixed claims")
+    func claims() throws {
+        var s = validSpec()
+        s.interfaces = [tap("eth0", bridge: nil), tap("eth1", bridge: "lm0", address: "10.200.0.50/24"), tap("eth2", bridge: "lm0", address: "192.168.9.9/24"),
+                        tap("eth3", bridge: "other")]
+        let policy = SpecPolicy(defaultBridge: "lm0", agentNetwork: lm0)
+        let n = try s.normalized(policy: policy)
+        let claims = n.addressClaims(policy: policy)
+        #expect(claims.map(\.deviceID) == ["eth0", "eth1"])
+        #expect(claims[0].fixed == nil && claims[1].fixed == IPv4Address("10.200.0.50"))
+        #expect(n.addressClaims(policy: SpecPolicy(defaultBridge: "lm0")).isEmpty, "no agent network, no claims")
+    }
+
+    @Test("IPv4 parsing: interfaces, subnets, host ranges")
+    func ipv4() {
+        #expect(IPv4Address("10.0.0.1")?.value == 0x0a00_0001)
+        for bad in ["10.0.0", "10.0.0.01", "256.0.0.1", "a.b.c.d", "10.0.0.1 ", ""] { #expect(IPv4Address(bad) == nil, "\(bad)") }
+        let i = IPv4Interface(cidr: "10.200.0.1/24")!
+        #expect(i.networkCIDR == "10.200.0.0/24" && i.broadcast.description == "10.200.0.255")
+        #expect(i.hostAddresses == 0x0ac8_0001...0x0ac8_00fe)
+        #expect(i.contains(IPv4Address("10.200.0.77")!) && !i.contains(IPv4Address("10.200.1.1")!))
+        #expect(IPv4Interface(cidr: "10.0.0.1/33") == nil && IPv4Interface(cidr: "10.0.0.1") == nil)
+        #expect(IPText.isIPv6("fd00::1") && !IPText.isIPv6("10.0.0.1") && IPText.cidr("fd00::1/64")?.v6 == true)
+    }
+
+    @Test("guest disk names follow the attach order")
+    func diskNames() {
+        #expect((0..<4).map(guestDiskName(index:)) == ["vda", "vdb", "vdc", "vdd"])
+        #expect(guestDiskName(index: 26) == "vdaa")
     }
 }

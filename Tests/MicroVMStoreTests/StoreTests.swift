@@ -346,3 +346,56 @@ final class StoreTests {
         #expect(try SQLiteMicroVMRepository(path: path).get(uid: vm.uid)?.status.state == state)
     }
 }
+
+@Suite("address allocations")
+final class AddressAllocationTests {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("lm-ipam-\(UUID().uuidString)")
+    var path: String { directory.appendingPathComponent("state.db").path }
+    /// A /29: gateway .1, guests .2 to .6.
+    let net = AgentNetwork(bridge: "lm0", gateway: IPv4Interface(cidr: "10.200.0.1/29")!)
+
+    init() throws { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) }
+    deinit { try? FileManager.default.removeItem(at: directory) }
+
+    func claim(_ device: String = "eth0", fixed: String? = nil) -> AddressClaim {
+        AddressClaim(deviceID: device, network: net, fixed: fixed.flatMap { IPv4Address($0) }, field: "interfaces[0]")
+    }
+
+    @Test("lowest free address first, never twice, kept across reopening, freed with its VM; fixed claims are checked")
+    func allocate() throws {
+        var repo = try SQLiteMicroVMRepository(path: path)
+        let a = try repo.insert(makeVM(name: "a"), claims: [claim("eth0"), claim("eth1")])
+        #expect(a.status.allocatedAddresses == ["eth0": "10.200.0.2/29", "eth1": "10.200.0.3/29"])
+        let b = try repo.insert(makeVM(name: "b"), claims: [claim(fixed: "10.200.0.5")])
+        #expect(b.status.allocatedAddresses == nil, "a fixed (static) address is reserved, not allocated")
+        #expect(try repo.get(uid: a.uid)?.status.allocatedAddresses == a.status.allocatedAddresses)
+
+        // Taken and reserved addresses are refused, and nothing of the refused VM is stored.
+        expectAgentError(.alreadyExists, field: "interfaces[0]") { _ = try repo.insert(makeVM(name: "c"), claims: [claim(fixed: "10.200.0.3")]) }
+        expectAgentError(.invalidArgument, field: "interfaces[0]") { _ = try repo.insert(makeVM(name: "c"), claims: [claim(fixed: "10.200.0.1")]) }
+        #expect(try repo.list(namespace: nil, name: "c").isEmpty)
+
+        // Reopened (an agent restart): the same allocations; the next one skips taken addresses.
+        repo = try SQLiteMicroVMRepository(path: path)
+        #expect(try repo.addressAllocations().map(\.address.description) == ["10.200.0.2", "10.200.0.3", "10.200.0.5"])
+        let d = try repo.insert(makeVM(name: "d"), claims: [claim()])
+        #expect(d.status.allocatedAddresses == ["eth0": "10.200.0.4/29"])
+        let e = try repo.insert(makeVM(name: "e"), claims: [claim()])
+        #expect(e.status.allocatedAddresses == ["eth0": "10.200.0.6/29"])
+        expectAgentError(.failedPrecondition, field: "interfaces[0]") { _ = try repo.insert(makeVM(name: "f"), claims: [claim()]) }
+
+        // Deleting a VM frees its addresses.
+        try repo.remove(uid: a.uid)
+        let g = try repo.insert(makeVM(name: "g"), claims: [claim()])
+        #expect(g.status.allocatedAddresses == ["eth0": "10.200.0.2/29"])
+        #expect(try repo.addressAllocations().filter { $0.uid == a.uid }.isEmpty)
+    }
+}
+
+/// Expects `body` to throw an `AgentError` with `code` whose message names `field` first.
+private func expectAgentError(_ code: AgentError.Code, field: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    let error = #expect(throws: AgentError.self, sourceLocation: sourceLocation) { try body() }
+    guard let error else { return }
+    #expect(error.code == code, "code of \(error)", sourceLocation: sourceLocation)
+    #expect(error.message.hasPrefix("\(field): "), "message \"\(error.message)\" should name \(field)", sourceLocation: sourceLocation)
+}
