@@ -8,7 +8,7 @@ public struct InitrdBuilder: Sendable {
     /// Modules loaded in this order when they are modules of the kernel (built-ins are skipped).
     public static let defaultModules = [
         "virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net",
-        "crc32c_generic", "ext4", "fat", "vfat", "nls_cp437", "nls_iso8859_1", "isofs",
+        "crc32c_generic", "ext4", "fat", "vfat", "nls_cp437", "nls_iso8859_1", "nls_ascii", "nls_utf8", "isofs",
     ]
 
     public var kernel: KernelPackage

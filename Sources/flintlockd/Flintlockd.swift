@@ -73,10 +73,14 @@ struct Run: AsyncParsableCommand {
     var qemuAccel: String?
     @Option(name: .customLong("default-provider"), help: "VMM for specs that name none. (default: qemu)")
     var defaultProvider: String?
-    @Option(name: .customLong("parent-iface"), help: "Parent interface for MACVTAP interfaces (not supported yet).")
+    @Option(name: .customLong("parent-iface"), help: "Host interface MACVTAP interfaces hang off (bridge mode).")
     var parentIface: String?
     @Option(name: .customLong("bridge-name"), help: "Bridge that TAP interfaces join when a spec names none.")
     var bridgeName: String?
+    @Option(name: .customLong("bridge-cidr"), help: "Own --bridge-name: create it if missing with this gateway address (e.g. 10.200.0.1/24), enable IPv4 forwarding and NAT (an nftables table of the agent's own) for guest egress, and allocate guest addresses from the subnet to TAPs on it that have no static address. Started again without it, the agent removes its table and the bridge it created.")
+    var bridgeCIDR: String?
+    @Option(name: .customLong("bridge-nameservers"), help: "Nameservers (comma-separated) for guests with allocated addresses.")
+    var bridgeNameservers: String?
     @Option(name: .customLong("insecure-registry"), help: "Registry host:port reached over plain HTTP (repeatable). Loopback registries always are.")
     var insecureRegistry: [String] = []
     @Option(name: .customLong("registry-auth-file"), help: "Docker-style config.json with registry credentials.")
@@ -116,6 +120,7 @@ struct Run: AsyncParsableCommand {
             ("containerd-socket", containerdSocket), ("containerd-ns", containerdNs), ("containerd-snapshotter", containerdSnapshotter),
             ("firecracker-bin", firecrackerBin), ("cloudhypervisor-bin", cloudhypervisorBin), ("qemu-bin", qemuBin),
             ("qemu-accel", qemuAccel), ("default-provider", defaultProvider), ("parent-iface", parentIface), ("bridge-name", bridgeName),
+            ("bridge-cidr", bridgeCIDR), ("bridge-nameservers", bridgeNameservers),
             ("registry-auth-file", registryAuthFile), ("reconcile-workers", reconcileWorkers), ("max-retries", maxRetries),
             ("max-restarts", maxRestarts), ("shutdown-timeout", shutdownTimeout),
             ("insecure", insecure ? "true" : nil), ("tls-client-validate", tlsClientValidate ? "true" : nil), ("debug", debug ? "true" : nil),

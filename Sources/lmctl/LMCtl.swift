@@ -118,6 +118,11 @@ struct Create: AsyncParsableCommand {
               root_volume: {id: root, source: {container_source: "127.0.0.1:5111/lm-test/root:latest"}}
               interfaces: [{device_id: eth0, type: TAP, overrides: {bridge_name: lmbr0}}]
             Flags given together with -f override the file's values.
+            Guest configuration (cloud-init, from a NoCloud seed disk the agent attaches):
+              --hostname node-1 --ssh-key-file ~/.ssh/id_ed25519.pub   a hostname and a sudo user "lm" with that key
+              --user-data-file init.yaml                                your own user-data (keys are added if it is #cloud-config)
+              --tap eth0:lmbr0 --address eth0=10.0.0.5/24,10.0.0.1,1.1.1.1 --add-network-config
+              --volume data,127.0.0.1:5111/lm/data:latest,/data         an extra disk from an image, mounted at /data
             """)
     @OptionGroup var agent: AgentOptions
     @Option(name: .shortAndLong, help: "Spec file (JSON or YAML); - reads standard input.")
@@ -133,6 +138,17 @@ struct Create: AsyncParsableCommand {
     @Option(name: .customLong("root-image"), help: "OCI image for the root volume.") var rootImage: String?
     @Option(name: .customLong("cmdline"), help: "Kernel command line entry key=value or a bare flag (repeatable).") var cmdline: [String] = []
     @Option(name: .customLong("tap"), help: "Add a TAP interface: DEVICE_ID[:BRIDGE[:MAC]] (repeatable).") var taps: [String] = []
+    @Option(name: .customLong("macvtap"), help: "Add a MACVTAP interface on the agent's --parent-iface: DEVICE_ID[:MAC] (repeatable).") var macvtaps: [String] = []
+    @Option(name: .customLong("address"), help: "Static address of an interface: DEVICE_ID=ADDR/PREFIX[,GATEWAY[,NAMESERVER...]] (repeatable).") var addresses: [String] = []
+    @Flag(name: .customLong("add-network-config"), help: "Have the agent write cloud-init network-config for the interfaces (static addresses, else DHCP).") var addNetworkConfig = false
+    @Option(name: .customLong("volume"), help: "Add a volume from an image: ID,IMAGE[,MOUNT_POINT][,ro] (repeatable; mounted by cloud-init).") var volumes: [String] = []
+    @Option(help: "Guest hostname (meta-data local-hostname).") var hostname: String?
+    @Option(name: .customLong("ssh-key-file"), help: "Public key file (authorized_keys format) for --ssh-user (repeatable).") var sshKeyFiles: [String] = []
+    @Option(name: .customLong("ssh-user"), help: "User cloud-init creates with passwordless sudo and the --ssh-key-file keys.") var sshUser = "lm"
+    @Option(name: .customLong("user-data-file"), help: "cloud-init user-data (e.g. #cloud-config).") var userDataFile: String?
+    @Option(name: .customLong("meta-data-file"), help: "cloud-init meta-data (YAML).") var metaDataFile: String?
+    @Option(name: .customLong("vendor-data-file"), help: "cloud-init vendor-data.") var vendorDataFile: String?
+    @Option(name: .customLong("network-config-file"), help: "cloud-init network-config (wins over --add-network-config).") var networkConfigFile: String?
     @Option(name: .customLong("label"), help: "Label key=value (repeatable).") var labels: [String] = []
     @Option(help: "VMM provider. (default: the agent's)") var provider: String?
     @Option(name: .shortAndLong, help: "Output: table, json or yaml.") var output: OutputFormat = .table
@@ -166,6 +182,52 @@ struct Create: AsyncParsableCommand {
                 if parts.count > 1, !parts[1].isEmpty { $0.overrides.bridgeName = parts[1] }
                 if parts.count > 2 { $0.guestMac = parts[2] }
             })
+        }
+        for m in macvtaps {
+            let parts = m.split(separator: ":", maxSplits: 1).map(String.init)
+            spec.interfaces.append(.with {
+                $0.deviceID = parts[0]
+                $0.type = .macvtap
+                if parts.count > 1 { $0.guestMac = parts[1] }
+            })
+        }
+        for a in addresses {
+            guard let eq = a.firstIndex(of: "=") else { throw ValidationError("--address \(a): expected DEVICE_ID=ADDR/PREFIX[,GATEWAY[,NAMESERVER...]]") }
+            let device = String(a[..<eq])
+            let fields = a[a.index(after: eq)...].split(separator: ",").map(String.init)
+            guard let i = spec.interfaces.firstIndex(where: { $0.deviceID == device }), !fields.isEmpty else {
+                throw ValidationError("--address \(a): no interface \(device) (add it with --tap or --macvtap)")
+            }
+            spec.interfaces[i].address = .with {
+                $0.address = fields[0]
+                if fields.count > 1, !fields[1].isEmpty { $0.gateway = fields[1] }
+                $0.nameservers = Array(fields.dropFirst(2))
+            }
+        }
+        if addNetworkConfig { spec.kernel.addNetworkConfig = true }
+        for v in volumes {
+            let f = v.split(separator: ",").map(String.init)
+            guard f.count >= 2, f.count <= 4 else { throw ValidationError("--volume \(v): expected ID,IMAGE[,MOUNT_POINT][,ro]") }
+            spec.additionalVolumes.append(.with {
+                $0.id = f[0]
+                $0.source.containerSource = f[1]
+                for extra in f.dropFirst(2) {
+                    if extra == "ro" { $0.isReadOnly = true } else { $0.mountPoint = extra }
+                }
+            })
+        }
+        do {
+            for (key, path) in [("meta-data", metaDataFile), ("user-data", userDataFile), ("vendor-data", vendorDataFile), ("network-config", networkConfigFile)] {
+                guard let path else { continue }
+                guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path) (--\(key)-file)") }
+                GuestMetadata.setDocument(key, data, in: &spec)
+            }
+            if let hostname { try GuestMetadata.setHostname(hostname, in: &spec) }
+            if !sshKeyFiles.isEmpty {
+                try GuestMetadata.addUser(sshUser, sshKeys: try sshKeyFiles.flatMap(GuestMetadata.sshKeys(fromFile:)), in: &spec)
+            }
+        } catch let e as GuestMetadata.Failure {
+            throw ValidationError(e.description)
         }
         guard file != nil || name != nil else { throw ValidationError("give a spec file with -f or at least --name and the images") }
         let s = spec

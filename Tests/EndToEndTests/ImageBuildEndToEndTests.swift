@@ -59,11 +59,11 @@ struct ImageBuildEndToEndTests {
     func cloudPreset() async throws {
         let env = try await TestEnvironment.shared()
         let tag = UUID().uuidString.prefix(8).lowercased()
-        let dir = "/tmp/lm-cloud-\(tag)"
-        defer { try? HostFiles.remove(dir) }
+        let dir = "\(FixtureImages.layoutRoot)/cloud"  // the fixture's build, to a layout (shared with the guest tests)
         let kernel = "\(env.registry)/lm-built/kernel:\(tag)", cloud = "\(env.registry)/lm-built/cloud:\(tag)"
         // Cold or warm package cache, the two builds (one to a layout, one pushed) must agree.
-        let a = try await lmctl(["image", "build", "rootfs", "--preset", "cloud", "--tag", cloud, "--output", "oci-layout:\(dir)"])
+        _ = try await FixtureImages.cloud(registry: env.registry)
+        let a = try await HostProcess.run(["skopeo", "inspect", "--format", "{{.Digest}}", "oci:\(dir):latest"])
         let b = try await lmctl(["image", "build", "rootfs", "--preset", "cloud", "--tag", cloud, "--push"])
         #expect(digest(a).hasPrefix("sha256:"))
         #expect(digest(a) == digest(b), "\(a) vs \(b)")
@@ -74,8 +74,9 @@ struct ImageBuildEndToEndTests {
         let shadow = listing.split(separator: "\n").first { $0.hasSuffix(" etc/shadow") } ?? ""
         #expect(shadow.contains(" 0/42 "), "etc/shadow belongs to group shadow (42): \(shadow)")
         #expect(!listing.contains("etc/ssh/ssh_host_"), "no ssh host keys in the image")
-        let extract = "\(dir)/extract"
+        let extract = "/tmp/lm-cloud-\(tag)"
         try HostFiles.createDirectory(extract)
+        defer { try? HostFiles.remove(extract) }
         try await HostProcess.run(["tar", "--xattrs", "--xattrs-include=security.capability", "-xzf", layer, "-C", extract, "usr/bin/ping"])
         let caps = try await HostProcess.run(["getcap", "\(extract)/usr/bin/ping"])
         #expect(caps.contains("cap_net_raw"), "ping keeps its capability: \(caps)")

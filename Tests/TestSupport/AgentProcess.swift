@@ -9,7 +9,8 @@ import HostSystem
 public final class AgentProcess: @unchecked Sendable {
     public let stateDir: String
     public let port: Int
-    public let extraArguments: [String]
+    /// Arguments after the defaults; change them between `kill` and `start` to restart differently.
+    public var extraArguments: [String]
     public let containerdSocket: String
     public private(set) var pid: pid_t = 0
     public var address: String { "127.0.0.1:\(port)" }
@@ -27,9 +28,11 @@ public final class AgentProcess: @unchecked Sendable {
     let bridge: String
 
     public var arguments: [String] {
-        ["\(TestEnvironment.productsDirectory)/flintlockd", "run", "--state-dir", stateDir, "--grpc-endpoint", address,
-         "--containerd-socket", containerdSocket, "--containerd-ns", "lmtest", "--bridge-name", bridge,
-         "--shutdown-timeout", "1s", "--resync-period", "30s"] + extraArguments
+        // The test bridge is the default unless the test names its own.
+        let bridgeArguments = extraArguments.contains("--bridge-name") ? [] : ["--bridge-name", bridge]
+        return ["\(TestEnvironment.productsDirectory)/flintlockd", "run", "--state-dir", stateDir, "--grpc-endpoint", address,
+                "--containerd-socket", containerdSocket, "--containerd-ns", "lmtest", "--shutdown-timeout", "1s", "--resync-period", "30s"]
+            + bridgeArguments + extraArguments
     }
 
     /// Starts the agent and waits until its API answers.

@@ -21,6 +21,30 @@ public enum FixtureImages {
                                    "--output", "oci-layout:\(layoutRoot)/root", "--cache-dir", cacheDirectory])
     }
 
+    /// The `cloud` preset (Debian 12, systemd, cloud-init, openssh), built once per test process into
+    /// `<layoutRoot>/cloud` and pushed to `registry` as lm-test/cloud:latest; returns the reference.
+    /// (The .deb cache makes later runs on the same machine warm.)
+    public static func cloud(registry: String) async throws -> String {
+        try await CloudImage.instance.get(registry: registry)
+    }
+
+    actor CloudImage {
+        static let instance = CloudImage()
+        var task: Task<String, any Error>?
+        func get(registry: String) async throws -> String {
+            if let task { return try await task.value }
+            let t = Task {
+                try await HostProcess.run([FixtureImages.lmctl, "image", "build", "rootfs", "--preset", "cloud", "--tag", "lm-test/cloud:latest",
+                                           "--output", "oci-layout:\(FixtureImages.layoutRoot)/cloud", "--cache-dir", FixtureImages.cacheDirectory])
+                let ref = "\(registry)/lm-test/cloud:latest"
+                try await HostProcess.run([FixtureImages.lmctl, "image", "push", "oci-layout:\(FixtureImages.layoutRoot)/cloud:latest", ref])
+                return ref
+            }
+            task = t
+            return try await t.value
+        }
+    }
+
     /// Pushes both images to `registry` as lm-test/{kernel,root}:latest; returns their manifest
     /// digests by name ("kernel", "root").
     @discardableResult

@@ -58,6 +58,13 @@ public struct TestEnvironment: Sendable {
         try await FixtureImages.build()
         try await FixtureImages.push(to: reg)
         try await FixtureImages.push(to: authReg, user: user, password: pass)
+        // The agent uses an image already recorded under its tag without asking the registry (as
+        // Flintlock does), so records an earlier run left would shadow the images just pushed.
+        for ns in try await HostProcess.run(["ctr", "--address", sock, "namespaces", "ls", "-q"]).split(separator: "\n") {
+            let stale = try await HostProcess.run(["ctr", "--address", sock, "-n", String(ns), "images", "ls", "-q"])
+                .split(separator: "\n").map(String.init).filter { $0.contains("/lm-test/") }
+            if !stale.isEmpty { try await HostProcess.run(["ctr", "--address", sock, "-n", String(ns), "images", "rm"] + stale) }
+        }
         let bridge = "lmtest0", gateway = "10.97.0.1"
         if !HostFiles.exists("/sys/class/net/\(bridge)") {
             try await HostProcess.run(["ip", "link", "add", bridge, "type", "bridge"])
