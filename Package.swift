@@ -179,7 +179,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HostAgentTests",
-            dependencies: ["HostAgent", "AgentClient", "FlintlockAPI", "MicroVMCore", "TestSupport", "HostSystem"]
+            dependencies: ["HostAgent", "AgentClient", "FlintlockAPI", "MicroVMCore", "TestSupport", "HostSystem", .product(name: "Yams", package: "Yams")]
         ),
         .testTarget(
             name: "EndToEndTests",

@@ -8,8 +8,8 @@ import MicroVMCore
 public enum SeedDisk {
     public static let label = "CIDATA"
 
-    /// Writes the seed image to `path` (atomically: a temporary file renamed into place).
-    /// Timestamps and the volume id come from `volumeID`, so the same documents give the same image.
+    /// Writes the seed image to `path` (atomically: a temporary file renamed into place), with the
+    /// FAT volume id `volumeID` (stable per VM).
     public static func write(_ documents: CloudInitDocuments, to path: String, volumeID: UInt32) async throws {
         let tmp = "\(path).tmp-\(getpid())"
         let staging = "\(path).files-\(getpid())"
@@ -28,7 +28,7 @@ public enum SeedDisk {
         try HostFiles.remove(tmp)
         do {
             try await HostProcess.run(["mkfs.vfat", "-n", label, "-i", String(format: "%08X", volumeID), "-C", tmp, String(kib)],
-                                      environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SOURCE_DATE_EPOCH": "1700000000"])
+                                      environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
             // MTOOLS_SKIP_CHECK: the image has no partition table, which mtools would otherwise question.
             let files = documents.files.map { "\(staging)/\($0.name)" }
             try await HostProcess.run(["mcopy", "-i", tmp, "-o"] + files + ["::/"],

@@ -99,7 +99,7 @@ struct CloudInitDocumentsTests {
 
 @Suite("cloud-init seed disk", .enabled(if: (try? HostProcess.resolveExecutable("mkfs.vfat")) != nil && (try? HostProcess.resolveExecutable("mcopy")) != nil || ProcessInfo.processInfo.environment["CI"] == "true", "needs dosfstools and mtools (always runs in CI)"))
 struct SeedDiskTests {
-    @Test("a FAT image labelled CIDATA holding the documents; the same documents give the same image")
+    @Test("a FAT image labelled CIDATA holding the documents, 8 MiB")
     func seed() async throws {
         let docs = try CloudInitDocuments.make(metadata: ["user-data": b64("#cloud-config\nruncmd: [echo hi]\n")],
                                                additions: .init(instanceID: "01SEED", interfaces: [GuestInterface(deviceID: "eth0", mac: "02:00:00:00:00:09", address: nil)], mounts: []))
@@ -107,14 +107,12 @@ struct SeedDiskTests {
         try HostFiles.createDirectory(dir)
         defer { try? HostFiles.remove(dir) }
         try await SeedDisk.write(docs, to: "\(dir)/a.img", volumeID: 0x1234_5678)
-        try await SeedDisk.write(docs, to: "\(dir)/b.img", volumeID: 0x1234_5678)
         let blkid = try await HostProcess.run(["blkid", "-o", "export", "\(dir)/a.img"])
-        #expect(blkid.contains("LABEL=CIDATA") && blkid.contains("TYPE=vfat"), "\(blkid)")
+        #expect(blkid.contains("LABEL=CIDATA") && blkid.contains("TYPE=vfat") && blkid.contains("UUID=1234-5678"), "\(blkid)")
         for (name, data) in docs.files {
             #expect(try await SeedDisk.read(name, from: "\(dir)/a.img") == data, "\(name)")
         }
         #expect(HostFiles.size("\(dir)/a.img") == 8 << 20)
-        let sums = try await HostProcess.run(["sha256sum", "\(dir)/a.img", "\(dir)/b.img"]).split(separator: "\n").map { $0.split(separator: " ")[0] }
-        #expect(sums[0] == sums[1], "reproducible")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/a.img.tmp-\(getpid())"), "no temporary file left")
     }
 }

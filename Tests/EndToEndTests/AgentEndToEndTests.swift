@@ -144,9 +144,8 @@ struct AgentEndToEndTests {
                 ("kernel.filename", { $0.kernel.filename = "../../etc/shadow" }),
                 ("initrd.filename", { $0.initrd.filename = "/boot/initrd" }),
                 ("root_volume", { $0.clearRootVolume() }),
-                ("interfaces[0].type", { $0.interfaces[0].type = .macvtap }),
-                ("interfaces[0].address", { $0.interfaces[0].address = .with { $0.address = "10.0.0.2/24" } }),
-                ("metadata", { $0.metadata = ["user-data": "I2Nsb3VkLWNvbmZpZw=="] }),
+                ("interfaces[0].address.address", { $0.interfaces[0].address = .with { $0.address = "10.0.0.2" } }),
+                ("metadata[user-data]", { $0.metadata = ["user-data": "not base64!"] }),
             ]
             for (field, mutate) in cases {
                 var spec = base

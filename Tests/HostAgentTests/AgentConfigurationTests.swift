@@ -47,6 +47,31 @@ struct AgentConfigurationTests {
         }
     }
 
+    @Test("the agent's bridge: --bridge-cidr needs --bridge-name and a gateway address with room for guests", arguments: [
+        (["bridge-cidr": "10.200.0.1/24"], "bridge-cidr"),
+        (["bridge-name": "lm0", "bridge-cidr": "10.200.0.0/24"], "bridge-cidr"),
+        (["bridge-name": "lm0", "bridge-cidr": "10.200.0.1/31"], "bridge-cidr"),
+        (["bridge-name": "lm0", "bridge-cidr": "10.200.0.1"], "bridge-cidr"),
+        (["bridge-name": "lm0", "bridge-cidr": "10.200.0.1/24", "bridge-nameservers": "1.1.1.1,dns"], "bridge-nameservers[1]"),
+        (["bridge-nameservers": "1.1.1.1"], "bridge-nameservers"),
+        (["parent-iface": "eth/0"], "parent-iface"),
+    ])
+    func agentBridgeRefused(flags: [String: String], field: String) {
+        #expect {
+            _ = try AgentConfiguration.resolve(configFileText: nil, environment: [:], flags: flags)
+        } throws: { error in
+            (error as? AgentError)?.message.hasPrefix("\(field): ") == true
+        }
+    }
+
+    @Test("the agent's bridge from flags")
+    func agentBridge() throws {
+        let c = try AgentConfiguration.resolve(configFileText: nil, environment: [:], flags: ["bridge-name": "lm0", "bridge-cidr": "10.200.0.1/24", "bridge-nameservers": "1.1.1.1, 9.9.9.9"])
+        let n = try #require(try c.agentNetwork())
+        #expect(n.bridge == "lm0" && n.gateway.description == "10.200.0.1/24" && n.nameservers == ["1.1.1.1", "9.9.9.9"])
+        #expect(try AgentConfiguration.resolve(configFileText: nil, environment: [:], flags: ["bridge-name": "br0"]).agentNetwork() == nil)
+    }
+
     @Test("unknown config file keys and TLS without a key are refused")
     func refusedFile() {
         #expect(throws: AgentError.self) { _ = try AgentConfiguration.resolve(configFileText: "grpc-endpiont: x:1", environment: [:], flags: [:]) }
