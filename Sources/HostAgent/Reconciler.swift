@@ -349,8 +349,10 @@ public final class Reconciler: Sendable {
         if vm.spec.kernel.addNetworkConfig || !allocated.isEmpty {
             interfaces = vm.spec.interfaces.map { iface in
                 var address = iface.address
-                if address == nil, let a = allocated[iface.deviceID], let net = settings.agentNetwork {
-                    address = StaticAddress(address: a, gateway: net.gateway.address.description, nameservers: net.nameservers)
+                if address == nil, let a = allocated[iface.deviceID] {
+                    // The bridge's address is the gateway (unless the agent no longer owns it).
+                    let net = settings.agentNetwork
+                    address = StaticAddress(address: a, gateway: net?.gateway.address.description, nameservers: net?.nameservers ?? [])
                 }
                 return GuestInterface(deviceID: iface.deviceID, mac: iface.guestMAC ?? generatedMAC(uid: vm.uid, deviceID: iface.deviceID), address: address)
             }
