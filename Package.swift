@@ -63,6 +63,8 @@ let package = Package(
             name: "CloudInit",
             dependencies: ["MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]
         ),
+        // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
+        .target(name: "Placement"),
         // Small helpers around the host: processes, files, syscalls.
         .target(
             name: "HostSystem",
@@ -172,6 +174,7 @@ let package = Package(
         ),
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),
         .testTarget(
             name: "ContainerdImagesTests",

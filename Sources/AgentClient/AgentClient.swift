@@ -76,6 +76,12 @@ public final class AgentClient: Sendable {
 
     var microvms: Microvm_Services_Api_V1alpha1_MicroVM.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
     var events: Liquidmetal_Agent_V1_MicroVMEvents.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
+    var hostInfo: Liquidmetal_Agent_V1_HostInfo.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
+
+    /// The host's capacity and what its microVMs take (Liquid Metal addition).
+    public func capacity() async throws -> Liquidmetal_Agent_V1_HostCapacity {
+        try await hostInfo.getCapacity(.init(), options: Self.options)
+    }
 
     static var options: CallOptions {
         var o = CallOptions.defaults

@@ -575,3 +575,323 @@ extension Liquidmetal_Agent_V1_MicroVMEvents.ClientProtocol {
         )
     }
 }
+
+// MARK: - liquidmetal.agent.v1.HostInfo
+
+/// Namespace containing generated types for the "liquidmetal.agent.v1.HostInfo" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Liquidmetal_Agent_V1_HostInfo: Sendable {
+    /// Service descriptor for the "liquidmetal.agent.v1.HostInfo" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "liquidmetal.agent.v1.HostInfo")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "GetCapacity" metadata.
+        public enum GetCapacity: Sendable {
+            /// Request type for "GetCapacity".
+            public typealias Input = Liquidmetal_Agent_V1_GetCapacityRequest
+            /// Response type for "GetCapacity".
+            public typealias Output = Liquidmetal_Agent_V1_HostCapacity
+            /// Descriptor for "GetCapacity".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "liquidmetal.agent.v1.HostInfo"),
+                method: "GetCapacity",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "liquidmetal.agent.v1.HostInfo" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            GetCapacity.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "liquidmetal.agent.v1.HostInfo" service.
+    public static let liquidmetal_agent_v1_HostInfo = GRPCCore.ServiceDescriptor(fullyQualifiedService: "liquidmetal.agent.v1.HostInfo")
+}
+
+// MARK: liquidmetal.agent.v1.HostInfo (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo {
+    /// Streaming variant of the service protocol for the "liquidmetal.agent.v1.HostInfo" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What a host has and what its microVMs take, for placement (capmvm's MicrovmHost status).
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "GetCapacity" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Liquidmetal_Agent_V1_GetCapacityRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Liquidmetal_Agent_V1_HostCapacity` messages.
+        func getCapacity(
+            request: GRPCCore.StreamingServerRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Liquidmetal_Agent_V1_HostCapacity>
+    }
+
+    /// Service protocol for the "liquidmetal.agent.v1.HostInfo" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What a host has and what its microVMs take, for placement (capmvm's MicrovmHost status).
+    public protocol ServiceProtocol: Liquidmetal_Agent_V1_HostInfo.StreamingServiceProtocol {
+        /// Handle the "GetCapacity" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Liquidmetal_Agent_V1_GetCapacityRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Liquidmetal_Agent_V1_HostCapacity` message.
+        func getCapacity(
+            request: GRPCCore.ServerRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Liquidmetal_Agent_V1_HostCapacity>
+    }
+
+    /// Simple service protocol for the "liquidmetal.agent.v1.HostInfo" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What a host has and what its microVMs take, for placement (capmvm's MicrovmHost status).
+    public protocol SimpleServiceProtocol: Liquidmetal_Agent_V1_HostInfo.ServiceProtocol {
+        /// Handle the "GetCapacity" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Liquidmetal_Agent_V1_GetCapacityRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Liquidmetal_Agent_V1_HostCapacity` to respond with.
+        func getCapacity(
+            request: Liquidmetal_Agent_V1_GetCapacityRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Liquidmetal_Agent_V1_HostCapacity
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Liquidmetal_Agent_V1_HostInfo.Method.GetCapacity.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Liquidmetal_Agent_V1_GetCapacityRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Liquidmetal_Agent_V1_HostCapacity>(),
+            handler: { request, context in
+                try await self.getCapacity(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo.ServiceProtocol {
+    public func getCapacity(
+        request: GRPCCore.StreamingServerRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Liquidmetal_Agent_V1_HostCapacity> {
+        let response = try await self.getCapacity(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo.SimpleServiceProtocol {
+    public func getCapacity(
+        request: GRPCCore.ServerRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Liquidmetal_Agent_V1_HostCapacity> {
+        return GRPCCore.ServerResponse<Liquidmetal_Agent_V1_HostCapacity>(
+            message: try await self.getCapacity(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: liquidmetal.agent.v1.HostInfo (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo {
+    /// Generated client protocol for the "liquidmetal.agent.v1.HostInfo" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What a host has and what its microVMs take, for placement (capmvm's MicrovmHost status).
+    public protocol ClientProtocol: Sendable {
+        /// Call the "GetCapacity" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Liquidmetal_Agent_V1_GetCapacityRequest` message.
+        ///   - serializer: A serializer for `Liquidmetal_Agent_V1_GetCapacityRequest` messages.
+        ///   - deserializer: A deserializer for `Liquidmetal_Agent_V1_HostCapacity` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getCapacity<Result>(
+            request: GRPCCore.ClientRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            serializer: some GRPCCore.MessageSerializer<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Liquidmetal_Agent_V1_HostCapacity>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Liquidmetal_Agent_V1_HostCapacity>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "liquidmetal.agent.v1.HostInfo" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > What a host has and what its microVMs take, for placement (capmvm's MicrovmHost status).
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "GetCapacity" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Liquidmetal_Agent_V1_GetCapacityRequest` message.
+        ///   - serializer: A serializer for `Liquidmetal_Agent_V1_GetCapacityRequest` messages.
+        ///   - deserializer: A deserializer for `Liquidmetal_Agent_V1_HostCapacity` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getCapacity<Result>(
+            request: GRPCCore.ClientRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            serializer: some GRPCCore.MessageSerializer<Liquidmetal_Agent_V1_GetCapacityRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Liquidmetal_Agent_V1_HostCapacity>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Liquidmetal_Agent_V1_HostCapacity>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Liquidmetal_Agent_V1_HostInfo.Method.GetCapacity.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo.ClientProtocol {
+    /// Call the "GetCapacity" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Liquidmetal_Agent_V1_GetCapacityRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getCapacity<Result>(
+        request: GRPCCore.ClientRequest<Liquidmetal_Agent_V1_GetCapacityRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Liquidmetal_Agent_V1_HostCapacity>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getCapacity(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Liquidmetal_Agent_V1_GetCapacityRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Liquidmetal_Agent_V1_HostCapacity>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Liquidmetal_Agent_V1_HostInfo.ClientProtocol {
+    /// Call the "GetCapacity" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getCapacity<Result>(
+        _ message: Liquidmetal_Agent_V1_GetCapacityRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Liquidmetal_Agent_V1_HostCapacity>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Liquidmetal_Agent_V1_GetCapacityRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getCapacity(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

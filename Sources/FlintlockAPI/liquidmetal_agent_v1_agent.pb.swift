@@ -28,6 +28,56 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+public nonisolated struct Liquidmetal_Agent_V1_GetCapacityRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Liquidmetal_Agent_V1_HostCapacity: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// e.g. "0.2.0".
+  public var agentVersion: String = String()
+
+  public var hostname: String = String()
+
+  /// Logical CPUs and memory of the host.
+  public var vcpus: Int32 = 0
+
+  public var memoryMb: Int64 = 0
+
+  /// Memory the kernel reports available now (MemAvailable).
+  public var memoryAvailableMb: Int64 = 0
+
+  /// microVMs the agent holds that are not being deleted, and what their specs ask for.
+  public var microvms: Int32 = 0
+
+  public var allocatedVcpus: Int32 = 0
+
+  public var allocatedMemoryMb: Int64 = 0
+
+  /// vcpus - allocated_vcpus and memory_mb - allocated_memory_mb, never below 0 (no overcommit).
+  public var freeVcpus: Int32 = 0
+
+  public var freeMemoryMb: Int64 = 0
+
+  /// VMM providers this host runs, and the acceleration ("kvm" or "tcg").
+  public var providers: [String] = []
+
+  public var accelerator: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Liquidmetal_Agent_V1_WatchRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -142,6 +192,110 @@ public nonisolated struct Liquidmetal_Agent_V1_ConsoleLogChunk: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "liquidmetal.agent.v1"
+
+nonisolated extension Liquidmetal_Agent_V1_GetCapacityRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".GetCapacityRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Liquidmetal_Agent_V1_GetCapacityRequest, rhs: Liquidmetal_Agent_V1_GetCapacityRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Liquidmetal_Agent_V1_HostCapacity: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HostCapacity"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}agent_version\0\u{1}hostname\0\u{1}vcpus\0\u{3}memory_mb\0\u{3}memory_available_mb\0\u{1}microvms\0\u{3}allocated_vcpus\0\u{3}allocated_memory_mb\0\u{3}free_vcpus\0\u{3}free_memory_mb\0\u{1}providers\0\u{1}accelerator\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.agentVersion) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.hostname) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.vcpus) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.memoryMb) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.memoryAvailableMb) }()
+      case 6: try { try decoder.decodeSingularInt32Field(value: &self.microvms) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.allocatedVcpus) }()
+      case 8: try { try decoder.decodeSingularInt64Field(value: &self.allocatedMemoryMb) }()
+      case 9: try { try decoder.decodeSingularInt32Field(value: &self.freeVcpus) }()
+      case 10: try { try decoder.decodeSingularInt64Field(value: &self.freeMemoryMb) }()
+      case 11: try { try decoder.decodeRepeatedStringField(value: &self.providers) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.accelerator) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.agentVersion.isEmpty {
+      try visitor.visitSingularStringField(value: self.agentVersion, fieldNumber: 1)
+    }
+    if !self.hostname.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostname, fieldNumber: 2)
+    }
+    if self.vcpus != 0 {
+      try visitor.visitSingularInt32Field(value: self.vcpus, fieldNumber: 3)
+    }
+    if self.memoryMb != 0 {
+      try visitor.visitSingularInt64Field(value: self.memoryMb, fieldNumber: 4)
+    }
+    if self.memoryAvailableMb != 0 {
+      try visitor.visitSingularInt64Field(value: self.memoryAvailableMb, fieldNumber: 5)
+    }
+    if self.microvms != 0 {
+      try visitor.visitSingularInt32Field(value: self.microvms, fieldNumber: 6)
+    }
+    if self.allocatedVcpus != 0 {
+      try visitor.visitSingularInt32Field(value: self.allocatedVcpus, fieldNumber: 7)
+    }
+    if self.allocatedMemoryMb != 0 {
+      try visitor.visitSingularInt64Field(value: self.allocatedMemoryMb, fieldNumber: 8)
+    }
+    if self.freeVcpus != 0 {
+      try visitor.visitSingularInt32Field(value: self.freeVcpus, fieldNumber: 9)
+    }
+    if self.freeMemoryMb != 0 {
+      try visitor.visitSingularInt64Field(value: self.freeMemoryMb, fieldNumber: 10)
+    }
+    if !self.providers.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.providers, fieldNumber: 11)
+    }
+    if !self.accelerator.isEmpty {
+      try visitor.visitSingularStringField(value: self.accelerator, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Liquidmetal_Agent_V1_HostCapacity, rhs: Liquidmetal_Agent_V1_HostCapacity) -> Bool {
+    if lhs.agentVersion != rhs.agentVersion {return false}
+    if lhs.hostname != rhs.hostname {return false}
+    if lhs.vcpus != rhs.vcpus {return false}
+    if lhs.memoryMb != rhs.memoryMb {return false}
+    if lhs.memoryAvailableMb != rhs.memoryAvailableMb {return false}
+    if lhs.microvms != rhs.microvms {return false}
+    if lhs.allocatedVcpus != rhs.allocatedVcpus {return false}
+    if lhs.allocatedMemoryMb != rhs.allocatedMemoryMb {return false}
+    if lhs.freeVcpus != rhs.freeVcpus {return false}
+    if lhs.freeMemoryMb != rhs.freeMemoryMb {return false}
+    if lhs.providers != rhs.providers {return false}
+    if lhs.accelerator != rhs.accelerator {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
 
 nonisolated extension Liquidmetal_Agent_V1_WatchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WatchRequest"

@@ -70,6 +70,7 @@ public final class HostAgent: Service {
         return [
             MicroVMGRPCService(service: service),
             EventsGRPCService(service: service, store: store, consolePath: { vm in vmm.consoleLogPath(directory: reconciler.directory(of: vm.ref)) }),
+            HostInfoGRPCService(store: store, providers: [vmm.name], accelerator: vmm.accelerator),
         ]
     }
 

@@ -15,14 +15,15 @@ struct Flintlockd: AsyncParsableCommand {
         abstract: "Liquid Metal host agent: creates and supervises microVMs from OCI images.",
         discussion: """
             Serves Flintlock's gRPC API (microvm.services.api.v1alpha1.MicroVM) plus Liquid Metal's
-            additions (liquidmetal.agent.v1.MicroVMEvents: watch and console output).
+            additions (liquidmetal.agent.v1.MicroVMEvents: watch and console output;
+            liquidmetal.agent.v1.HostInfo: capacity for placement).
             """,
         subcommands: [Run.self, Version.self])
 }
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the version.")
-    func run() { print("flintlockd (Liquid Metal in Swift) 0.1.0") }
+    func run() { print("flintlockd (Liquid Metal in Swift) \(AgentVersion.current)") }
 }
 
 struct Run: AsyncParsableCommand {

@@ -10,7 +10,7 @@ struct LMCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lmctl",
         abstract: "Create, inspect, watch and delete microVMs on a Liquid Metal (or Flintlock) host agent.",
-        subcommands: [Create.self, Get.self, List.self, Delete.self, Watch.self, Logs.self, ImageCommand.self])
+        subcommands: [Create.self, Get.self, List.self, Delete.self, Watch.self, Logs.self, Capacity.self, ImageCommand.self])
 }
 
 struct AgentOptions: ParsableArguments {
@@ -296,6 +296,28 @@ struct Watch: AsyncParsableCommand {
                 }
                 FileHandle.standardOutput.write(Data((line + "\n").utf8))
                 return true
+            }
+        }
+    }
+}
+
+struct Capacity: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the host's capacity and what its microVMs take.")
+    @OptionGroup var agent: AgentOptions
+    @Option(name: .shortAndLong, help: "Output: table, json or yaml.") var output: OutputFormat = .table
+    func run() async throws {
+        try await withAgent(agent) { client in
+            let c = try await client.capacity()
+            switch output {
+            case .json: print(try SpecDocuments.json(c))
+            case .yaml: print(try SpecDocuments.yaml(c), terminator: "")
+            case .table:
+                print("""
+                    host        \(c.hostname) (agent \(c.agentVersion); \(c.providers.joined(separator: ", ")), \(c.accelerator))
+                    vCPUs       \(c.vcpus) total, \(c.allocatedVcpus) allocated, \(c.freeVcpus) free
+                    memory      \(c.memoryMb) MiB total, \(c.allocatedMemoryMb) MiB allocated, \(c.freeMemoryMb) MiB free (\(c.memoryAvailableMb) MiB available now)
+                    microVMs    \(c.microvms)
+                    """)
             }
         }
     }

@@ -70,4 +70,27 @@ struct LMCtlEndToEndTests {
             #expect(try await lmctl(["list", "-o", "json"] + host).contains(uid) == false)
         }
     }
+
+    @Test("capacity: the host's CPUs and memory, and what its microVMs take (API and lmctl capacity)")
+    func capacity() async throws {
+        let env = try await TestEnvironment.shared()
+        try await withAgent(env) { agent in
+            let client = try agent.client()
+            defer { client.close() }
+            let empty = try await client.capacity()
+            #expect(empty.vcpus == Int32(ProcessInfo.processInfo.activeProcessorCount))
+            #expect(empty.memoryMb > 0 && empty.memoryAvailableMb > 0 && empty.memoryAvailableMb <= empty.memoryMb)
+            #expect(empty.microvms == 0 && empty.allocatedVcpus == 0 && empty.freeVcpus == empty.vcpus)
+            #expect(empty.providers == ["qemu"] && !empty.agentVersion.isEmpty && ["kvm", "tcg"].contains(empty.accelerator))
+            _ = try await client.create(fixtureSpec(env, name: "cap-a"))
+            let b = try await client.create({ var s = fixtureSpec(env, name: "cap-b"); s.vcpu = 2; s.memoryInMb = 512; return s }())
+            let json = try await lmctl(["capacity", "--host", agent.address, "-o", "json"])
+            let obj = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+            #expect(obj["microvms"] as? Int == 2 && obj["allocated_vcpus"] as? Int == 3, "\(json)")
+            #expect((obj["allocated_memory_mb"] as? NSNumber)?.intValue == 768 || obj["allocated_memory_mb"] as? String == "768", "\(json)")
+            try await client.delete(uid: b.spec.uid)
+            #expect(try await client.capacity().allocatedVcpus == 1, "a VM being deleted no longer counts")
+            #expect(try await lmctl(["capacity", "--host", agent.address]).contains("vCPUs"))
+        }
+    }
 }
