@@ -63,6 +63,8 @@ let package = Package(
             name: "CloudInit",
             dependencies: ["MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]
         ),
+        // A Kubernetes API client for controllers (capmvm): so far, kubeconfig and in-cluster configuration.
+        .target(name: "KubernetesClient", dependencies: [.product(name: "Yams", package: "Yams")]),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
         // Small helpers around the host: processes, files, syscalls.
@@ -175,6 +177,7 @@ let package = Package(
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient"]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),
         .testTarget(
             name: "ContainerdImagesTests",
