@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -63,8 +64,16 @@ let package = Package(
             name: "CloudInit",
             dependencies: ["MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]
         ),
-        // A Kubernetes API client for controllers (capmvm): so far, kubeconfig and in-cluster configuration.
-        .target(name: "KubernetesClient", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // A Kubernetes API client for controllers (capmvm): configuration, typed REST operations, watch.
+        .target(
+            name: "KubernetesClient",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"), .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
         // Small helpers around the host: processes, files, syscalls.
@@ -177,7 +186,13 @@ let package = Package(
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
-        .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient"]),
+        // The in-process test double of a Kubernetes API server (none can run on these machines).
+        .target(
+            name: "KubernetesTestServer",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            path: "Tests/KubernetesTestServer"
+        ),
+        .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),
         .testTarget(
             name: "ContainerdImagesTests",

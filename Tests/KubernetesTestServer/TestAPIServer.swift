@@ -1,0 +1,408 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// An in-process stand-in for a Kubernetes API server, for controller tests (no API server can run
+/// on these machines). It keeps objects as JSON in memory and implements the REST semantics the
+/// controllers rely on, as the Kubernetes API documents them:
+/// - one resourceVersion sequence; PUT with a stale `metadata.resourceVersion` is 409 Conflict;
+/// - create (409 AlreadyExists; `generateName`), get, list with equality label selectors, replace,
+///   JSON merge patch (RFC 7386), the `status` subresource (status changes only there; spec changes
+///   bump `generation`), delete;
+/// - finalizers: delete sets `deletionTimestamp` and keeps the object until its finalizers are gone;
+/// - owner references: removing an object deletes its dependents (background garbage collection);
+/// - watch from a resourceVersion (`ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` when asked for, every
+///   `bookmarkInterval`), and an `ERROR` event with a 410 Status when the version is older than the
+///   retained history (`compact()` drops history, as etcd compaction does).
+/// Not implemented: set-based selectors, field selectors, strategic merge and server-side apply,
+/// admission, validation against the CRD schemas, authentication.
+public final class TestAPIServer: Sendable {
+    public let port: Int
+    public var server: String { "http://127.0.0.1:\(port)" }
+    let channel: any Channel
+    let state: Mutex<State>
+    let bookmarkInterval: Duration
+
+    struct Event {
+        var rv: Int
+        var type: String
+        var collection: String
+        var namespace: String
+        var object: [String: Any]
+    }
+
+    struct State: @unchecked Sendable {
+        var rv = 1
+        /// collection ("group/version/plural") -> "namespace/name" -> object
+        var objects: [String: [String: [String: Any]]] = [:]
+        var events: [Event] = []
+        /// Events at or before this version were compacted away.
+        var compactedThrough = 0
+        var watchers: [UUID: (collection: String, namespace: String?, selector: [String: String], send: @Sendable (String) -> Void)] = [:]
+    }
+
+    /// Starts listening on 127.0.0.1 (a free port).
+    public static func start(bookmarkInterval: Duration = .seconds(1)) async throws -> TestAPIServer {
+        let box = ServerBox()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { ch in
+                ch.pipeline.configureHTTPServerPipeline().flatMap { ch.pipeline.addHandler(RequestHandler(box: box)) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let server = TestAPIServer(channel: channel, port: channel.localAddress?.port ?? 0, bookmarkInterval: bookmarkInterval)
+        box.server.withLock { $0 = server }
+        return server
+    }
+
+    init(channel: any Channel, port: Int, bookmarkInterval: Duration) {
+        self.channel = channel
+        self.port = port
+        self.bookmarkInterval = bookmarkInterval
+        self.state = Mutex(State())
+    }
+
+    public func stop() async throws { try await channel.close() }
+
+    /// Forgets the watch history up to now: watches from older versions get 410 Gone.
+    public func compact() {
+        state.withLock { s in
+            s.compactedThrough = s.rv
+            s.events.removeAll()
+        }
+    }
+
+    /// The current resourceVersion.
+    public var resourceVersion: Int { state.withLock { $0.rv } }
+
+    // MARK: Requests
+
+    struct Response: @unchecked Sendable {  // JSON values, copied out of the lock
+        var status: Int
+        var body: [String: Any]
+    }
+
+    struct Route {
+        var collection: String
+        var namespace: String?
+        var name: String?
+        var subresource: String?
+    }
+
+    static func route(_ path: String) -> Route? {
+        var parts = path.split(separator: "/").map(String.init)
+        var prefix: String
+        if parts.first == "api", parts.count >= 2 { prefix = "core/\(parts[1])"; parts.removeFirst(2) } else if parts.first == "apis", parts.count >= 3 {
+            prefix = "\(parts[1])/\(parts[2])"; parts.removeFirst(3)
+        } else { return nil }
+        var namespace: String?
+        if parts.first == "namespaces", parts.count >= 3 { namespace = parts[1]; parts.removeFirst(2) }
+        guard let plural = parts.first else { return nil }
+        prefix += "/\(plural)"
+        return Route(collection: prefix, namespace: namespace, name: parts.count > 1 ? parts[1] : nil, subresource: parts.count > 2 ? parts[2] : nil)
+    }
+
+    static func status(_ code: Int, _ reason: String, _ message: String) -> Response {
+        Response(status: code, body: ["kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message])
+    }
+
+    static func key(_ ns: String?, _ name: String) -> String { "\(ns ?? "")/\(name)" }
+
+    func handle(method: String, uri: String, body: Data) -> Response {
+        let comps = URLComponents(string: uri)
+        let query = Dictionary((comps?.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        guard let r = Self.route(comps?.path ?? uri) else { return Self.status(404, "NotFound", "no such path \(uri)") }
+        let json = body.isEmpty ? nil : (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+        return state.withLock { s -> Response in
+            switch (method, r.name) {
+            case ("GET", nil):
+                let selector = Self.selector(query["labelSelector"])
+                let items = (s.objects[r.collection] ?? [:]).filter { r.namespace == nil || $0.key.hasPrefix("\(r.namespace!)/") }
+                    .map(\.value).filter { Self.matches($0, selector) }.sorted { Self.name($0) < Self.name($1) }
+                return Response(status: 200, body: ["kind": "List", "apiVersion": "v1", "metadata": ["resourceVersion": String(s.rv)], "items": items])
+            case ("GET", let name?):
+                guard let o = s.objects[r.collection]?[Self.key(r.namespace, name)] else { return Self.status(404, "NotFound", "\(r.collection) \"\(name)\" not found") }
+                return Response(status: 200, body: o)
+            case ("POST", nil):
+                guard var o = json else { return Self.status(400, "BadRequest", "body is not a JSON object") }
+                var meta = o["metadata"] as? [String: Any] ?? [:]
+                var name = meta["name"] as? String ?? ""
+                if name.isEmpty, let g = meta["generateName"] as? String { name = g + String(UUID().uuidString.prefix(5)).lowercased() }
+                guard !name.isEmpty else { return Self.status(422, "Invalid", "metadata.name: Required value") }
+                let k = Self.key(r.namespace, name)
+                if s.objects[r.collection]?[k] != nil { return Self.status(409, "AlreadyExists", "\(r.collection) \"\(name)\" already exists") }
+                s.rv += 1
+                meta["name"] = name
+                if let ns = r.namespace { meta["namespace"] = ns }
+                meta["uid"] = UUID().uuidString.lowercased()
+                meta["resourceVersion"] = String(s.rv)
+                meta["generation"] = 1
+                meta["creationTimestamp"] = Self.now()
+                meta.removeValue(forKey: "deletionTimestamp")
+                o["metadata"] = meta
+                s.objects[r.collection, default: [:]][k] = o
+                Self.record(&s, "ADDED", r.collection, r.namespace, o)
+                return Response(status: 201, body: o)
+            case ("PUT", let name?), ("PATCH", let name?):
+                let k = Self.key(r.namespace, name)
+                guard let current = s.objects[r.collection]?[k] else { return Self.status(404, "NotFound", "\(r.collection) \"\(name)\" not found") }
+                guard let j = json else { return Self.status(400, "BadRequest", "body is not a JSON object") }
+                var next: [String: Any]
+                if method == "PUT" {
+                    let sent = (j["metadata"] as? [String: Any])?["resourceVersion"] as? String
+                    let have = (current["metadata"] as? [String: Any])?["resourceVersion"] as? String
+                    guard sent == nil || sent == have else {
+                        return Self.status(409, "Conflict", "Operation cannot be fulfilled on \(r.collection) \"\(name)\": the object has been modified; please apply your changes to the latest version and try again")
+                    }
+                    next = j
+                } else {
+                    next = Self.mergePatch(current, j) as? [String: Any] ?? current
+                }
+                // The status subresource changes only status; the main resource never does.
+                if r.subresource == "status" {
+                    var only = current
+                    only["status"] = next["status"]
+                    next = only
+                } else {
+                    next["status"] = current["status"]
+                }
+                var meta = next["metadata"] as? [String: Any] ?? [:]
+                let old = current["metadata"] as? [String: Any] ?? [:]
+                for fixed in ["uid", "name", "namespace", "creationTimestamp", "deletionTimestamp", "generation"] { meta[fixed] = old[fixed] }
+                if r.subresource != "status", !Self.equal(next["spec"], current["spec"]) { meta["generation"] = (old["generation"] as? Int ?? 1) + 1 }
+                next["metadata"] = meta
+                if Self.equal(next, current) { return Response(status: 200, body: current) }
+                s.rv += 1
+                meta["resourceVersion"] = String(s.rv)
+                next["metadata"] = meta
+                if meta["deletionTimestamp"] != nil, (meta["finalizers"] as? [Any] ?? []).isEmpty {
+                    Self.remove(&s, r.collection, r.namespace, name)
+                    return Response(status: 200, body: next)
+                }
+                s.objects[r.collection, default: [:]][k] = next
+                Self.record(&s, "MODIFIED", r.collection, r.namespace, next)
+                return Response(status: 200, body: next)
+            case ("DELETE", let name?):
+                let k = Self.key(r.namespace, name)
+                guard var o = s.objects[r.collection]?[k] else { return Self.status(404, "NotFound", "\(r.collection) \"\(name)\" not found") }
+                var meta = o["metadata"] as? [String: Any] ?? [:]
+                if !(meta["finalizers"] as? [Any] ?? []).isEmpty {
+                    if meta["deletionTimestamp"] == nil {
+                        s.rv += 1
+                        meta["deletionTimestamp"] = Self.now()
+                        meta["resourceVersion"] = String(s.rv)
+                        o["metadata"] = meta
+                        s.objects[r.collection]?[k] = o
+                        Self.record(&s, "MODIFIED", r.collection, r.namespace, o)
+                    }
+                    return Response(status: 202, body: o)
+                }
+                Self.remove(&s, r.collection, r.namespace, name)
+                return Response(status: 200, body: Self.status(200, "", "").body.merging(["status": "Success"]) { $1 })
+            default:
+                return Self.status(405, "MethodNotAllowed", "\(method) \(uri)")
+            }
+        }
+    }
+
+    /// Removes an object for good (DELETED), then its dependents by owner reference.
+    static func remove(_ s: inout State, _ collection: String, _ namespace: String?, _ name: String) {
+        guard let o = s.objects[collection]?.removeValue(forKey: key(namespace, name)) else { return }
+        s.rv += 1
+        var gone = o
+        var meta = gone["metadata"] as? [String: Any] ?? [:]
+        meta["resourceVersion"] = String(s.rv)
+        gone["metadata"] = meta
+        record(&s, "DELETED", collection, namespace, gone)
+        guard let uid = meta["uid"] as? String else { return }
+        for (c, objs) in s.objects {
+            for (_, d) in objs {
+                let dm = d["metadata"] as? [String: Any] ?? [:]
+                let owners = (dm["ownerReferences"] as? [[String: Any]] ?? []).compactMap { $0["uid"] as? String }
+                if owners.contains(uid), let n = dm["name"] as? String {
+                    var dmeta = dm
+                    if !(dm["finalizers"] as? [Any] ?? []).isEmpty {
+                        if dmeta["deletionTimestamp"] == nil {
+                            s.rv += 1
+                            dmeta["deletionTimestamp"] = now()
+                            dmeta["resourceVersion"] = String(s.rv)
+                            var d2 = d
+                            d2["metadata"] = dmeta
+                            s.objects[c]?[key(dm["namespace"] as? String, n)] = d2
+                            record(&s, "MODIFIED", c, dm["namespace"] as? String, d2)
+                        }
+                    } else {
+                        remove(&s, c, dm["namespace"] as? String, n)
+                    }
+                }
+            }
+        }
+    }
+
+    static func record(_ s: inout State, _ type: String, _ collection: String, _ namespace: String?, _ object: [String: Any]) {
+        s.events.append(Event(rv: s.rv, type: type, collection: collection, namespace: namespace ?? "", object: object))
+        for w in s.watchers.values where w.collection == collection && (w.namespace == nil || w.namespace == namespace) && matches(object, w.selector) {
+            w.send(line(type, object))
+        }
+    }
+
+    static func line(_ type: String, _ object: [String: Any]) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: ["type": type, "object": object], options: [.sortedKeys])) ?? Data()
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    /// Registers a watch; returns the events to replay first (or a 410 ERROR line) and its id.
+    func startWatch(uri: String, send: @escaping @Sendable (String) -> Void) -> (replay: [String], id: UUID?, timeout: Int, bookmarks: Bool) {
+        let comps = URLComponents(string: uri)
+        let query = Dictionary((comps?.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        let r = Self.route(comps?.path ?? uri)!
+        let from = Int(query["resourceVersion"] ?? "") ?? 0
+        let selector = Self.selector(query["labelSelector"])
+        let timeout = Int(query["timeoutSeconds"] ?? "") ?? 300
+        let bookmarks = query["allowWatchBookmarks"] == "true"
+        return state.withLock { s in
+            if from > 0 && from < s.compactedThrough {
+                let st = Self.status(410, "Expired", "too old resource version: \(from) (\(s.compactedThrough))").body
+                return ([Self.line("ERROR", st)], nil, timeout, false)
+            }
+            let replay = s.events.filter { $0.rv > from && $0.collection == r.collection && (r.namespace == nil || $0.namespace == r.namespace) && Self.matches($0.object, selector) }
+                .map { Self.line($0.type, $0.object) }
+            let id = UUID()
+            s.watchers[id] = (r.collection, r.namespace, selector, send)
+            return (replay, id, timeout, bookmarks)
+        }
+    }
+
+    func stopWatch(_ id: UUID) { _ = state.withLock { $0.watchers.removeValue(forKey: id) } }
+
+    func bookmarkLine() -> String {
+        let rv = state.withLock { $0.rv }
+        return Self.line("BOOKMARK", ["kind": "Bookmark", "metadata": ["resourceVersion": String(rv)]])
+    }
+
+    // MARK: JSON helpers
+
+    static func selector(_ text: String?) -> [String: String] {
+        var out: [String: String] = [:]
+        for term in (text ?? "").split(separator: ",") {
+            let kv = term.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: CharacterSet(charactersIn: "= ")) }
+            if kv.count == 2 { out[kv[0]] = kv[1] }
+        }
+        return out
+    }
+
+    static func matches(_ o: [String: Any], _ selector: [String: String]) -> Bool {
+        let labels = (o["metadata"] as? [String: Any])?["labels"] as? [String: String] ?? [:]
+        return selector.allSatisfy { labels[$0.key] == $0.value }
+    }
+
+    static func name(_ o: [String: Any]) -> String {
+        let m = o["metadata"] as? [String: Any] ?? [:]
+        return "\(m["namespace"] ?? "")/\(m["name"] ?? "")"
+    }
+
+    /// RFC 7386: objects merge recursively, null deletes, anything else replaces.
+    static func mergePatch(_ target: Any?, _ patch: Any) -> Any? {
+        guard let p = patch as? [String: Any] else { return patch is NSNull ? nil : patch }
+        var t = target as? [String: Any] ?? [:]
+        for (k, v) in p {
+            if v is NSNull { t.removeValue(forKey: k) } else { t[k] = mergePatch(t[k], v) }
+        }
+        return t
+    }
+
+    static func equal(_ a: Any?, _ b: Any?) -> Bool {
+        switch (a, b) {
+        case (nil, nil): return true
+        case (let x?, let y?):
+            let opts: JSONSerialization.WritingOptions = [.sortedKeys, .fragmentsAllowed]
+            return (try? JSONSerialization.data(withJSONObject: x, options: opts)) == (try? JSONSerialization.data(withJSONObject: y, options: opts))
+        default: return false
+        }
+    }
+
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        return f.string(from: Date())
+    }
+}
+
+final class ServerBox: Sendable {
+    let server = Mutex<TestAPIServer?>(nil)
+}
+
+/// One HTTP/1.1 connection: collects a request, answers it; watches stream chunked JSON lines.
+final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let box: ServerBox
+    var head: HTTPRequestHead?
+    var body = Data()
+    var watchID: UUID?
+
+    init(box: ServerBox) { self.box = box }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = Data()
+        case .body(var b):
+            body.append(contentsOf: b.readBytes(length: b.readableBytes) ?? [])
+        case .end:
+            guard let head, let server = box.server.withLock({ $0 }) else { return }
+            if head.method == .GET, head.uri.contains("watch=1") || head.uri.contains("watch=true") {
+                startWatch(context: context, server: server, head: head)
+            } else {
+                let r = server.handle(method: head.method.rawValue, uri: head.uri, body: body)
+                let data = (try? JSONSerialization.data(withJSONObject: r.body, options: [.sortedKeys])) ?? Data()
+                var headers = HTTPHeaders([("Content-Type", "application/json"), ("Content-Length", String(data.count))])
+                if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: r.status), headers: headers))), promise: nil)
+                var buf = context.channel.allocator.buffer(capacity: data.count)
+                buf.writeBytes(data)
+                context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
+                let keepAlive = head.isKeepAlive
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keepAlive { context.close(promise: nil) } }
+            }
+        }
+    }
+
+    func startWatch(context: ChannelHandlerContext, server: TestAPIServer, head: HTTPRequestHead) {
+        let channel = context.channel
+        let loop = context.eventLoop
+        let headers = HTTPHeaders([("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+        @Sendable func send(_ line: String) {
+            loop.execute {
+                var buf = channel.allocator.buffer(capacity: line.utf8.count)
+                buf.writeString(line)
+                channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buf)), promise: nil)
+            }
+        }
+        let (replay, id, timeout, bookmarks) = server.startWatch(uri: head.uri, send: send)
+        for l in replay { send(l) }
+        guard let id else {
+            loop.execute { channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) } }
+            return
+        }
+        watchID = id
+        let interval = server.bookmarkInterval
+        let ticker = bookmarks ? loop.scheduleRepeatedTask(initialDelay: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000),
+                                                          delay: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)) { _ in
+            send(server.bookmarkLine())
+        } : nil
+        loop.scheduleTask(in: .seconds(Int64(timeout))) {
+            ticker?.cancel()
+            server.stopWatch(id)
+            channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+        }
+        channel.closeFuture.whenComplete { _ in
+            ticker?.cancel()
+            server.stopWatch(id)
+        }
+    }
+}
