@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+
+/// `coordination.k8s.io/v1` Lease.
+public struct Lease: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: "coordination.k8s.io", version: "v1", kind: "Lease", plural: "leases")
+    public struct Spec: Codable, Sendable, Equatable {
+        public var holderIdentity: String?
+        public var leaseDurationSeconds: Int?
+        public var acquireTime: String?
+        public var renewTime: String?
+        public var leaseTransitions: Int?
+    }
+    public var apiVersion = Lease.resource.apiVersion
+    public var kind = "Lease"
+    public var metadata: ObjectMeta
+    public var spec: Spec?
+
+    public init(metadata: ObjectMeta, spec: Spec? = nil) {
+        self.metadata = metadata
+        self.spec = spec
+    }
+}
+
+/// Leader election on a Lease, as client-go does it: take the lease when it is free or its holder
+/// stopped renewing for `leaseDuration`, renew it every `retryPeriod`, give up leadership when a renewal
+/// has not succeeded for `renewDeadline`, and release it (empty holder) when stopped.
+public struct LeaderElector: Sendable {
+    public var client: KubernetesClient
+    public var namespace: String
+    public var name: String
+    public var identity: String
+    public var leaseDuration: Duration = .seconds(15)
+    public var renewDeadline: Duration = .seconds(10)
+    public var retryPeriod: Duration = .seconds(2)
+    let logger: Logger
+
+    public init(client: KubernetesClient, namespace: String, name: String, identity: String, logger: Logger) {
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.logger = logger
+    }
+
+    public struct LostLeadership: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Waits to become the leader, then runs `body` while renewing. Throws `LostLeadership` (after
+    /// cancelling `body`) when renewing fails for `renewDeadline`; releases the lease when `body`
+    /// returns or the task is cancelled.
+    public func whileLeading<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        while !(try await tryAcquireOrRenew()) {
+            try await Task.sleep(for: retryPeriod)
+        }
+        logger.info("became the leader", metadata: ["lease": "\(namespace)/\(name)", "identity": "\(identity)"])
+        let result: T
+        do {
+            result = try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    var lastRenew = ContinuousClock.now
+                    while true {
+                        try await Task.sleep(for: retryPeriod)
+                        if (try? await tryAcquireOrRenew()) == true {
+                            lastRenew = .now
+                        } else if ContinuousClock.now - lastRenew > renewDeadline {
+                            throw LostLeadership(description: "could not renew lease \(namespace)/\(name) for \(renewDeadline)")
+                        }
+                    }
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else { throw CancellationError() }
+                return value
+            }
+        } catch let e as LostLeadership {
+            logger.error("lost leadership: \(e.description)")
+            throw e
+        } catch {
+            await release()
+            throw error
+        }
+        await release()
+        return result
+    }
+
+    /// One attempt: create the lease, renew it, or take it over when expired. True when held.
+    public func tryAcquireOrRenew(now: Date = Date()) async throws -> Bool {
+        let stamp = Self.microTime(now)
+        let seconds = Int(leaseDuration.components.seconds)
+        let current: Lease
+        do {
+            current = try await client.get(Lease.self, name: name, namespace: namespace)
+        } catch let e as KubernetesAPIError where e.isNotFound {
+            let lease = Lease(metadata: ObjectMeta(name: name, namespace: namespace),
+                              spec: .init(holderIdentity: identity, leaseDurationSeconds: seconds, acquireTime: stamp, renewTime: stamp, leaseTransitions: 0))
+            do { _ = try await client.create(lease); return true } catch let e as KubernetesAPIError where e.code == 409 { return false }
+        }
+        var spec = current.spec ?? .init()
+        let holder = spec.holderIdentity ?? ""
+        if holder != identity && !holder.isEmpty {
+            let renewed = spec.renewTime.flatMap(Self.parseMicroTime) ?? .distantPast
+            let duration = TimeInterval(spec.leaseDurationSeconds ?? seconds)
+            guard renewed.addingTimeInterval(duration) < now else { return false }
+            logger.info("taking over an expired lease", metadata: ["lease": "\(namespace)/\(name)", "from": "\(holder)"])
+        }
+        if holder != identity {
+            spec.acquireTime = stamp
+            spec.leaseTransitions = (spec.leaseTransitions ?? 0) + 1
+        }
+        spec.holderIdentity = identity
+        spec.leaseDurationSeconds = seconds
+        spec.renewTime = stamp
+        var next = current
+        next.spec = spec
+        do {
+            _ = try await client.replace(next)  // stale resourceVersion: someone else won this round
+            return true
+        } catch let e as KubernetesAPIError where e.isConflict {
+            return false
+        }
+    }
+
+    /// Gives the lease up so another candidate can take it at once.
+    public func release() async {
+        do {
+            try await client.update(Lease.self, name: name, namespace: namespace) { lease in
+                guard lease.spec?.holderIdentity == identity else { return }
+                lease.spec?.holderIdentity = ""
+                lease.spec?.leaseDurationSeconds = 1
+            }
+            logger.info("released the lease", metadata: ["lease": "\(namespace)/\(name)"])
+        } catch {
+            logger.warning("could not release the lease: \(error)")
+        }
+    }
+
+    static func microTime(_ d: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: d)
+    }
+
+    static func parseMicroTime(_ s: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: s) { return d }
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: s)
+    }
+}
