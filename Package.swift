@@ -74,6 +74,8 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // capmvm's API: CAPMVM's custom resources (and MicrovmHost), and the Cluster API objects it reads.
+        .target(name: "CAPMVMAPI", dependencies: ["KubernetesClient"]),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
         // Small helpers around the host: processes, files, syscalls.
@@ -192,6 +194,7 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             path: "Tests/KubernetesTestServer"
         ),
+        .testTarget(name: "CAPMVMAPITests", dependencies: ["CAPMVMAPI", "KubernetesClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),
         .testTarget(

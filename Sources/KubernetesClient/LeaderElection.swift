@@ -11,8 +11,8 @@ public struct Lease: KubernetesObject, Equatable {
         public var renewTime: String?
         public var leaseTransitions: Int?
     }
-    public var apiVersion = Lease.resource.apiVersion
-    public var kind = "Lease"
+    public var apiVersion: String? = Lease.resource.apiVersion
+    public var kind: String? = "Lease"
     public var metadata: ObjectMeta
     public var spec: Spec?
 

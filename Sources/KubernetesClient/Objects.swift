@@ -75,8 +75,9 @@ public struct OwnerReference: Codable, Sendable, Equatable {
 /// A typed object: its kind's `resource`, `apiVersion`/`kind` and `metadata`.
 public protocol KubernetesObject: Codable, Sendable {
     static var resource: ResourceType { get }
-    var apiVersion: String { get set }
-    var kind: String { get set }
+    /// Optional: items of a list may come without them; `create` fills them in.
+    var apiVersion: String? { get set }
+    var kind: String? { get set }
     var metadata: ObjectMeta { get set }
 }
 

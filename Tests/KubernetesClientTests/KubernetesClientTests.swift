@@ -9,8 +9,8 @@ struct Widget: KubernetesObject, Equatable {
     static let resource = ResourceType(group: "infrastructure.cluster.x-k8s.io", version: "v1alpha1", kind: "Widget", plural: "widgets")
     struct Spec: Codable, Sendable, Equatable { var size: Int }
     struct Status: Codable, Sendable, Equatable { var ready: Bool?; var note: String? }
-    var apiVersion = Widget.resource.apiVersion
-    var kind = "Widget"
+    var apiVersion: String? = Widget.resource.apiVersion
+    var kind: String? = "Widget"
     var metadata: ObjectMeta
     var spec: Spec
     var status: Status?

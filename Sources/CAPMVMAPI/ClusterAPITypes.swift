@@ -1,0 +1,100 @@
+import Foundation
+import KubernetesClient
+
+/// The Cluster API (v1beta1) and core objects capmvm reads, with only the fields it uses. Never
+/// written back whole (fields not modelled here would be lost); capmvm only reads them.
+public enum ClusterAPIGroup {
+    public static let group = "cluster.x-k8s.io"
+    public static let version = "v1beta1"
+    /// Label with the owning cluster's name on Machines and infrastructure objects.
+    public static let clusterNameLabel = "cluster.x-k8s.io/cluster-name"
+    /// Label present on control-plane Machines.
+    public static let controlPlaneLabel = "cluster.x-k8s.io/control-plane"
+    /// Annotation that pauses reconciliation of an object (or, on a Cluster, of all its objects).
+    public static let pausedAnnotation = "cluster.x-k8s.io/paused"
+}
+
+public struct ObjectReference: Codable, Sendable, Equatable {
+    public var apiVersion: String?
+    public var kind: String?
+    public var name: String?
+    public var namespace: String?
+    public var uid: String?
+}
+
+public struct Cluster: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: ClusterAPIGroup.group, version: ClusterAPIGroup.version, kind: "Cluster", plural: "clusters")
+    public var apiVersion: String? = "\(ClusterAPIGroup.group)/\(ClusterAPIGroup.version)"
+    public var kind: String? = "Cluster"
+    public var metadata: ObjectMeta
+    public var spec: Spec?
+    public var status: Status?
+    public struct Spec: Codable, Sendable, Equatable {
+        public var paused: Bool?
+        public var controlPlaneEndpoint: APIEndpoint?
+        public var infrastructureRef: ObjectReference?
+        public init(paused: Bool? = nil, controlPlaneEndpoint: APIEndpoint? = nil, infrastructureRef: ObjectReference? = nil) {
+            self.paused = paused
+            self.controlPlaneEndpoint = controlPlaneEndpoint
+            self.infrastructureRef = infrastructureRef
+        }
+    }
+    public struct Status: Codable, Sendable, Equatable {
+        public var infrastructureReady: Bool?
+        public var controlPlaneReady: Bool?
+        public init(infrastructureReady: Bool? = nil, controlPlaneReady: Bool? = nil) {
+            self.infrastructureReady = infrastructureReady
+            self.controlPlaneReady = controlPlaneReady
+        }
+    }
+    public init(metadata: ObjectMeta, spec: Spec? = nil, status: Status? = nil) {
+        self.metadata = metadata
+        self.spec = spec
+        self.status = status
+    }
+}
+
+public struct Machine: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: ClusterAPIGroup.group, version: ClusterAPIGroup.version, kind: "Machine", plural: "machines")
+    public var apiVersion: String? = "\(ClusterAPIGroup.group)/\(ClusterAPIGroup.version)"
+    public var kind: String? = "Machine"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public struct Bootstrap: Codable, Sendable, Equatable {
+        public var dataSecretName: String?
+        public init(dataSecretName: String? = nil) { self.dataSecretName = dataSecretName }
+    }
+    public struct Spec: Codable, Sendable, Equatable {
+        public var clusterName: String
+        public var bootstrap: Bootstrap
+        public var infrastructureRef: ObjectReference?
+        public var failureDomain: String?
+        public var providerID: String?
+        public var version: String?
+        public init(clusterName: String, bootstrap: Bootstrap, failureDomain: String? = nil) {
+            self.clusterName = clusterName
+            self.bootstrap = bootstrap
+            self.failureDomain = failureDomain
+        }
+    }
+    public var isControlPlane: Bool { metadata.labels?[ClusterAPIGroup.controlPlaneLabel] != nil }
+    public init(metadata: ObjectMeta, spec: Spec) {
+        self.metadata = metadata
+        self.spec = spec
+    }
+}
+
+/// A core v1 Secret (data values are base64 in JSON; decoded here).
+public struct Secret: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: "", version: "v1", kind: "Secret", plural: "secrets")
+    public var apiVersion: String? = "v1"
+    public var kind: String? = "Secret"
+    public var metadata: ObjectMeta
+    public var type: String?
+    public var data: [String: Data]?
+    public init(metadata: ObjectMeta, type: String? = nil, data: [String: Data]? = nil) {
+        self.metadata = metadata
+        self.type = type
+        self.data = data
+    }
+}

@@ -1,0 +1,318 @@
+import KubernetesClient
+
+/// CAPMVM's custom resources (group `infrastructure.cluster.x-k8s.io`, version `v1alpha1`), with the
+/// fields CAPMVM v0.10 has, plus `MicrovmHost` for dynamic placement. JSON field names are the API's.
+public enum InfrastructureGroup {
+    public static let group = "infrastructure.cluster.x-k8s.io"
+    public static let version = "v1alpha1"
+    public static var apiVersion: String { "\(group)/\(version)" }
+    /// The finalizer a MicrovmMachine carries while its microVM may exist.
+    public static let machineFinalizer = "microvmmachine.infrastructure.cluster.x-k8s.io"
+}
+
+/// `metav1.Condition`-style condition as Cluster API v1beta1 has it.
+public struct Condition: Codable, Sendable, Equatable {
+    public var type: String
+    public var status: String
+    public var severity: String?
+    public var reason: String?
+    public var message: String?
+    public var lastTransitionTime: String?
+    public init(type: String, status: String, severity: String? = nil, reason: String? = nil, message: String? = nil, lastTransitionTime: String? = nil) {
+        self.type = type
+        self.status = status
+        self.severity = severity
+        self.reason = reason
+        self.message = message
+        self.lastTransitionTime = lastTransitionTime
+    }
+}
+
+public struct APIEndpoint: Codable, Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+}
+
+public struct SSHPublicKey: Codable, Sendable, Equatable {
+    public var user: String
+    public var authorizedKeys: [String]?
+    public init(user: String, authorizedKeys: [String]? = nil) {
+        self.user = user
+        self.authorizedKeys = authorizedKeys
+    }
+}
+
+public struct LocalObjectReference: Codable, Sendable, Equatable {
+    public var name: String
+    public init(name: String) { self.name = name }
+}
+
+// MARK: - MicrovmCluster
+
+public struct MicrovmCluster: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmCluster", plural: "microvmclusters")
+    public var apiVersion: String? = InfrastructureGroup.apiVersion
+    public var kind: String? = "MicrovmCluster"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public var status: Status?
+
+    public struct Spec: Codable, Sendable, Equatable {
+        public var controlPlaneEndpoint: APIEndpoint?
+        public var sshPublicKeys: [SSHPublicKey]?
+        public var placement: Placement
+        public var microvmProxy: Proxy?
+        public var tlsSecretRef: String?
+        public init(controlPlaneEndpoint: APIEndpoint? = nil, sshPublicKeys: [SSHPublicKey]? = nil, placement: Placement, microvmProxy: Proxy? = nil, tlsSecretRef: String? = nil) {
+            self.controlPlaneEndpoint = controlPlaneEndpoint
+            self.sshPublicKeys = sshPublicKeys
+            self.placement = placement
+            self.microvmProxy = microvmProxy
+            self.tlsSecretRef = tlsSecretRef
+        }
+    }
+
+    /// Where machines go: CAPMVM's static pool, or (ours) a dynamic pool over MicrovmHosts.
+    public struct Placement: Codable, Sendable, Equatable {
+        public var staticPool: StaticPool?
+        public var dynamicPool: DynamicPool?
+        public init(staticPool: StaticPool? = nil, dynamicPool: DynamicPool? = nil) {
+            self.staticPool = staticPool
+            self.dynamicPool = dynamicPool
+        }
+    }
+
+    public struct StaticPool: Codable, Sendable, Equatable {
+        public var hosts: [Host]
+        /// Secret holding a basic-auth token per host (keyed by host name or endpoint).
+        public var basicAuthSecret: String?
+        public init(hosts: [Host], basicAuthSecret: String? = nil) {
+            self.hosts = hosts
+            self.basicAuthSecret = basicAuthSecret
+        }
+    }
+
+    public struct Host: Codable, Sendable, Equatable {
+        public var name: String?
+        public var endpoint: String
+        /// Defaults to true.
+        public var controlplaneAllowed: Bool?
+        public init(name: String? = nil, endpoint: String, controlplaneAllowed: Bool? = nil) {
+            self.name = name
+            self.endpoint = endpoint
+            self.controlplaneAllowed = controlplaneAllowed
+        }
+    }
+
+    /// Hosts are the MicrovmHost objects matching `hostSelector` (all when empty).
+    public struct DynamicPool: Codable, Sendable, Equatable {
+        public var hostSelector: [String: String]?
+        public init(hostSelector: [String: String]? = nil) { self.hostSelector = hostSelector }
+    }
+
+    public struct Proxy: Codable, Sendable, Equatable {
+        public var endpoint: String
+    }
+
+    public struct FailureDomain: Codable, Sendable, Equatable {
+        public var controlPlane: Bool?
+        public var attributes: [String: String]?
+        public init(controlPlane: Bool? = nil, attributes: [String: String]? = nil) {
+            self.controlPlane = controlPlane
+            self.attributes = attributes
+        }
+    }
+
+    public struct Status: Codable, Sendable, Equatable {
+        public var ready: Bool?
+        public var conditions: [Condition]?
+        public var failureDomains: [String: FailureDomain]?
+        public init(ready: Bool? = nil, conditions: [Condition]? = nil, failureDomains: [String: FailureDomain]? = nil) {
+            self.ready = ready
+            self.conditions = conditions
+            self.failureDomains = failureDomains
+        }
+    }
+
+    public init(metadata: ObjectMeta, spec: Spec, status: Status? = nil) {
+        self.metadata = metadata
+        self.spec = spec
+        self.status = status
+    }
+}
+
+// MARK: - MicrovmMachine
+
+public struct MicrovmMachine: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmMachine", plural: "microvmmachines")
+    public var apiVersion: String? = InfrastructureGroup.apiVersion
+    public var kind: String? = "MicrovmMachine"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public var status: Status?
+
+    public struct Volume: Codable, Sendable, Equatable {
+        public var id: String
+        public var image: String
+        public var readOnly: Bool?
+        public var mountPoint: String?
+        public var virtiofsPath: String?
+        public init(id: String, image: String, readOnly: Bool? = nil, mountPoint: String? = nil) {
+            self.id = id
+            self.image = image
+            self.readOnly = readOnly
+            self.mountPoint = mountPoint
+        }
+    }
+
+    public struct ContainerFile: Codable, Sendable, Equatable {
+        public var image: String
+        public var filename: String?
+        public init(image: String, filename: String? = nil) {
+            self.image = image
+            self.filename = filename
+        }
+    }
+
+    public struct StaticAddress: Codable, Sendable, Equatable {
+        public var address: String
+        public var gateway: String?
+        public var nameservers: [String]?
+    }
+
+    public struct NetworkInterface: Codable, Sendable, Equatable {
+        public var guestDeviceName: String
+        public var guestMac: String?
+        /// "macvtap" or "tap".
+        public var type: String
+        public var address: StaticAddress?
+        public init(guestDeviceName: String, guestMac: String? = nil, type: String, address: StaticAddress? = nil) {
+            self.guestDeviceName = guestDeviceName
+            self.guestMac = guestMac
+            self.type = type
+            self.address = address
+        }
+    }
+
+    public struct Spec: Codable, Sendable, Equatable {
+        public var provider: String?
+        public var vcpu: Int
+        public var memoryMb: Int
+        public var rootVolume: Volume
+        public var volumes: [Volume]?
+        public var kernel: ContainerFile
+        public var kernelCmdline: [String: String]?
+        public var initrd: ContainerFile?
+        public var networkInterfaces: [NetworkInterface]
+        public var labels: [String: String]?
+        public var sshPublicKeys: [SSHPublicKey]?
+        public var providerID: String?
+        public init(vcpu: Int, memoryMb: Int, rootVolume: Volume, kernel: ContainerFile, initrd: ContainerFile? = nil,
+                    networkInterfaces: [NetworkInterface], providerID: String? = nil) {
+            self.vcpu = vcpu
+            self.memoryMb = memoryMb
+            self.rootVolume = rootVolume
+            self.kernel = kernel
+            self.initrd = initrd
+            self.networkInterfaces = networkInterfaces
+            self.providerID = providerID
+        }
+    }
+
+    /// pending, running, failed, deleted or unknown.
+    public struct Status: Codable, Sendable, Equatable {
+        public var ready: Bool?
+        public var vmState: String?
+        public var addresses: [MachineAddress]?
+        public var failureReason: String?
+        public var failureMessage: String?
+        public var conditions: [Condition]?
+        public init() {}
+    }
+
+    public init(metadata: ObjectMeta, spec: Spec, status: Status? = nil) {
+        self.metadata = metadata
+        self.spec = spec
+        self.status = status
+    }
+}
+
+/// Cluster API's machine address (`type`: Hostname, ExternalIP, InternalIP, ExternalDNS, InternalDNS).
+public struct MachineAddress: Codable, Sendable, Equatable {
+    public var type: String
+    public var address: String
+    public init(type: String, address: String) {
+        self.type = type
+        self.address = address
+    }
+}
+
+public struct MicrovmMachineTemplate: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmMachineTemplate", plural: "microvmmachinetemplates")
+    public var apiVersion: String? = InfrastructureGroup.apiVersion
+    public var kind: String? = "MicrovmMachineTemplate"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public struct Spec: Codable, Sendable, Equatable {
+        public var template: Template
+    }
+    public struct Template: Codable, Sendable, Equatable {
+        public var metadata: ObjectMeta?
+        public var spec: MicrovmMachine.Spec
+    }
+}
+
+// MARK: - MicrovmHost (ours)
+
+/// One host agent in a dynamic pool: where it is, how it is reached, and (in status) what it has.
+/// Any inventory (Tinkerbell, Metal3, MAAS, a script) may create these.
+public struct MicrovmHost: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmHost", plural: "microvmhosts")
+    public var apiVersion: String? = InfrastructureGroup.apiVersion
+    public var kind: String? = "MicrovmHost"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public var status: Status?
+
+    public struct Spec: Codable, Sendable, Equatable {
+        /// The agent's gRPC endpoint, "host:port".
+        public var endpoint: String
+        /// Hosts sharing a failure domain fail together; defaults to the host's name.
+        public var failureDomain: String?
+        /// Defaults to true.
+        public var controlplaneAllowed: Bool?
+        /// A Secret with the agent's basic-auth `token`, or `tls.crt`/`tls.key`/`ca.crt`.
+        public var credentialsRef: LocalObjectReference?
+        public init(endpoint: String, failureDomain: String? = nil, controlplaneAllowed: Bool? = nil, credentialsRef: LocalObjectReference? = nil) {
+            self.endpoint = endpoint
+            self.failureDomain = failureDomain
+            self.controlplaneAllowed = controlplaneAllowed
+            self.credentialsRef = credentialsRef
+        }
+    }
+
+    public struct Status: Codable, Sendable, Equatable {
+        public var reachable: Bool?
+        public var agentVersion: String?
+        public var vcpus: Int?
+        public var memoryMb: Int?
+        public var microvms: Int?
+        public var allocatedVcpus: Int?
+        public var allocatedMemoryMb: Int?
+        public var freeVcpus: Int?
+        public var freeMemoryMb: Int?
+        public var lastProbeTime: String?
+        public var conditions: [Condition]?
+        public init() {}
+    }
+
+    public init(metadata: ObjectMeta, spec: Spec, status: Status? = nil) {
+        self.metadata = metadata
+        self.spec = spec
+        self.status = status
+    }
+}
