@@ -76,6 +76,15 @@ let package = Package(
         ),
         // capmvm's API: CAPMVM's custom resources (and MicrovmHost), and the Cluster API objects it reads.
         .target(name: "CAPMVMAPI", dependencies: ["KubernetesClient"]),
+        // capmvm's reconcilers (MicrovmMachine so far), talking to the API server and the host agents.
+        .target(
+            name: "CAPMVMController",
+            dependencies: [
+                "CAPMVMAPI", "KubernetesClient", "Placement", "AgentClient", "FlintlockAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
         // Small helpers around the host: processes, files, syscalls.
@@ -207,7 +216,10 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl"]
+            dependencies: [
+                "AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl",
+                "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -182,6 +182,11 @@ public struct MicrovmMachine: KubernetesObject, Equatable {
         public var address: String
         public var gateway: String?
         public var nameservers: [String]?
+        public init(address: String, gateway: String? = nil, nameservers: [String]? = nil) {
+            self.address = address
+            self.gateway = gateway
+            self.nameservers = nameservers
+        }
     }
 
     public struct NetworkInterface: Codable, Sendable, Equatable {

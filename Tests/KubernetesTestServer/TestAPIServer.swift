@@ -8,7 +8,7 @@ import Synchronization
 /// on these machines). It keeps objects as JSON in memory and implements the REST semantics the
 /// controllers rely on, as the Kubernetes API documents them:
 /// - one resourceVersion sequence; PUT with a stale `metadata.resourceVersion` is 409 Conflict;
-/// - create (409 AlreadyExists; `generateName`), get, list with equality label selectors, replace,
+/// - create (409 AlreadyExists; `generateName`; a sent status is dropped), get, list with equality label selectors, replace,
 ///   JSON merge patch (RFC 7386), the `status` subresource (status changes only there; spec changes
 ///   bump `generation`), delete;
 /// - finalizers: delete sets `deletionTimestamp` and keeps the object until its finalizers are gone;
@@ -142,6 +142,7 @@ public final class TestAPIServer: Sendable {
                 meta["creationTimestamp"] = Self.now()
                 meta.removeValue(forKey: "deletionTimestamp")
                 o["metadata"] = meta
+                o.removeValue(forKey: "status")  // set only through the status subresource, as with CRDs that enable it
                 s.objects[r.collection, default: [:]][k] = o
                 Self.record(&s, "ADDED", r.collection, r.namespace, o)
                 return Response(status: 201, body: o)

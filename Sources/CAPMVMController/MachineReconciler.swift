@@ -1,0 +1,248 @@
+import AgentClient
+import CAPMVMAPI
+import FlintlockAPI
+import Foundation
+import GRPCCore
+import KubernetesClient
+import Logging
+import Placement
+import Synchronization
+
+/// Agent clients by endpoint, with the basic-auth token a cluster's Secret gives for that host.
+public final class AgentConnections: Sendable {
+    let clients = Mutex<[String: AgentClient]>([:])
+    public init() {}
+
+    public func client(endpoint: String, token: String?) throws -> AgentClient {
+        let key = "\(endpoint)|\(token ?? "")"
+        if let c = clients.withLock({ $0[key] }) { return c }
+        let c = try AgentClient(address: endpoint, token: token)
+        clients.withLock { $0[key] = c }
+        return c
+    }
+
+    public func closeAll() {
+        for c in clients.withLock({ Array($0.values) }) { c.close() }
+    }
+}
+
+/// What a reconcile asks of its caller.
+public enum ReconcileResult: Sendable, Equatable {
+    case done
+    case requeue(after: Duration)
+}
+
+/// MicrovmMachine reconciler with CAPMVM's behaviour (conditions, reasons, finalizer, providerID
+/// `microvm://<endpoint>/<uid>`, create-request metadata), without CAPMVM's defects: before creating, the
+/// VM is looked up on the host by namespace, name and the machine's uid label, so a create whose
+/// providerID patch failed is not repeated; a machine whose VM never existed deletes cleanly;
+/// `status.addresses`, `failureReason` and `failureMessage` are filled in.
+public struct MachineReconciler: Sendable {
+    public var kube: KubernetesClient
+    public var agents: AgentConnections
+    public var logger: Logger
+    /// How soon a machine whose VM is still PENDING is looked at again.
+    public var pendingRequeue: Duration = .seconds(30)
+
+    public init(kube: KubernetesClient, agents: AgentConnections, logger: Logger) {
+        self.kube = kube
+        self.agents = agents
+        self.logger = logger
+    }
+
+    public static let readyCondition = "MicrovmReady"
+
+    public func reconcile(namespace: String, name: String) async throws -> ReconcileResult {
+        var m: MicrovmMachine
+        do { m = try await kube.get(MicrovmMachine.self, name: name, namespace: namespace) } catch let e as KubernetesAPIError where e.isNotFound {
+            return .done
+        }
+        guard let ownerName = m.metadata.ownerReferences?.first(where: { $0.kind == "Machine" })?.name else {
+            logger.debug("waiting for the owner Machine", metadata: ["microvmmachine": "\(namespace)/\(name)"])
+            return m.metadata.deletionTimestamp != nil ? try await finishDelete(m) : .done
+        }
+        let machine = try await kube.get(Machine.self, name: ownerName, namespace: namespace)
+        let cluster = try await kube.get(Cluster.self, name: machine.spec.clusterName, namespace: namespace)
+        if cluster.spec?.paused == true { return .done }
+        guard let infraName = cluster.spec?.infrastructureRef?.name else { return .requeue(after: .seconds(10)) }
+        let mvmCluster = try await kube.get(MicrovmCluster.self, name: infraName, namespace: namespace)
+        let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
+        let tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
+        func token(_ endpoint: String) -> String? {
+            let hostName = hosts.first { $0.endpoint == endpoint }?.name
+            return tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"]
+        }
+
+        if m.metadata.deletionTimestamp != nil {
+            return try await reconcileDelete(m, hosts: hosts.map(\.endpoint), token: token)
+        }
+        guard cluster.status?.infrastructureReady == true else {
+            try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "WaitingForClusterInfra")) }
+            return .done  // a Cluster change brings it back
+        }
+        guard let secretName = machine.spec.bootstrap.dataSecretName else {
+            try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "WaitingForBoostrapData")) }
+            return .done
+        }
+        if !(m.metadata.finalizers ?? []).contains(InfrastructureGroup.machineFinalizer) {
+            m = try await kube.update(MicrovmMachine.self, name: name, namespace: namespace) { o in
+                o.metadata.finalizers = (o.metadata.finalizers ?? []) + [InfrastructureGroup.machineFinalizer]
+            }
+        }
+        // Where: the providerID's host, else the static pool's choice.
+        let existing = m.spec.providerID.flatMap(ProviderID.init)
+        guard let host = existing?.host ?? StaticPool.failureDomain(machineName: name, failureDomains: hosts.map(\.endpoint), requested: machine.spec.failureDomain, providerID: nil) else {
+            return try await fail(m, reason: "InvalidConfiguration", message: "the MicrovmCluster's placement has no hosts")
+        }
+        let agent = try agents.client(endpoint: host, token: token(host))
+        var vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: existing?.uid)
+        if vm == nil {
+            let secret = try await kube.get(Secret.self, name: secretName, namespace: namespace)
+            guard let data = secret.data?["value"] else {
+                return try await fail(m, reason: "MicrovmProvisionFailed", message: "bootstrap Secret \(secretName) has no data.value")
+            }
+            let spec = try MicrovmRequest.spec(machine: machine, microvmMachine: m, cluster: mvmCluster, bootstrapData: data, hostEndpoint: host)
+            do {
+                vm = try await agent.create(spec)
+                logger.info("created microVM", metadata: ["microvmmachine": "\(namespace)/\(name)", "host": "\(host)", "uid": "\(vm?.spec.uid ?? "")"])
+            } catch let e as RPCError where e.code == .invalidArgument || e.code == .failedPrecondition {
+                return try await fail(m, reason: "MicrovmProvisionFailed", message: "\(e.code): \(e.message)")
+            }
+        }
+        guard let vm else { return .requeue(after: .seconds(5)) }
+        let providerID = ProviderID(host: host, uid: vm.spec.uid).description
+        if m.spec.providerID != providerID {
+            m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: try JSONSerialization.data(withJSONObject: ["spec": ["providerID": providerID]]))
+        }
+        return try await reportState(m, vm: vm)
+    }
+
+    /// The machine's VM on `agent`: by uid when known, else by namespace and name with the machine's uid label.
+    func findVM(_ agent: AgentClient, machine m: MicrovmMachine, namespace: String, name: String, uid: String?) async throws -> AgentClient.MicroVM? {
+        if let uid {
+            do { return try await agent.get(uid: uid) } catch let e as RPCError where e.code == .notFound {}
+        }
+        return try await agent.list(namespace: namespace, name: name).first { $0.spec.labels[machineUIDLabel] == m.metadata.uid }
+    }
+
+    func reportState(_ m: MicrovmMachine, vm: AgentClient.MicroVM) async throws -> ReconcileResult {
+        var requeue: ReconcileResult = .done
+        try await setStatus(m) { st in
+            switch vm.status.state {
+            case .created:
+                st.vmState = "running"
+                st.ready = true
+                st.failureReason = nil
+                st.failureMessage = nil
+                st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "True"))
+            case .pending:
+                st.vmState = "pending"
+                st.ready = false
+                st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "MicrovmPending", message: vm.status.failureReason.isEmpty ? nil : vm.status.failureReason))
+                requeue = .requeue(after: pendingRequeue)
+            case .failed:
+                st.vmState = "failed"
+                st.ready = false
+                st.failureReason = "MicrovmProvisionFailed"
+                st.failureMessage = vm.status.failureReason.isEmpty ? "the microVM failed" : vm.status.failureReason
+                st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Error", reason: "MicrovmProvisionFailed", message: st.failureMessage))
+            case .deleting:
+                st.vmState = "deleted"
+                st.ready = false
+                st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmDeleting"))
+                requeue = .requeue(after: pendingRequeue)
+            default:
+                st.vmState = "unknown"
+                st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmUnknownState"))
+                requeue = .requeue(after: pendingRequeue)
+            }
+            // Addresses the agent knows (static or allocated), and the hostname.
+            var addresses = [MachineAddress(type: "Hostname", address: vm.spec.id)]
+            for (_, iface) in vm.status.networkInterfaces.sorted(by: { $0.key < $1.key }) where !iface.address.isEmpty {
+                addresses.append(MachineAddress(type: "InternalIP", address: String(iface.address.split(separator: "/").first ?? "")))
+            }
+            st.addresses = addresses
+        }
+        return requeue
+    }
+
+    func reconcileDelete(_ m: MicrovmMachine, hosts: [String], token: (String) -> String?) async throws -> ReconcileResult {
+        let name = m.metadata.name ?? "", namespace = m.metadata.namespace ?? "default"
+        let known = m.spec.providerID.flatMap(ProviderID.init)
+        // Where the VM may be: its providerID's host, else every host of the pool (a create whose
+        // providerID was never recorded still left a VM somewhere).
+        for host in known.map({ [$0.host] }) ?? hosts {
+            let agent = try agents.client(endpoint: host, token: token(host))
+            let vm: AgentClient.MicroVM?
+            do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {
+                try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmDeleteFailed", message: "host \(host) unreachable: \(e.message)")) }
+                return .requeue(after: .seconds(10))
+            }
+            guard let vm else { continue }
+            if vm.status.state != .deleting { try await agent.delete(uid: vm.spec.uid) }
+            try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "MicrovmDeleting")) }
+            return .requeue(after: .seconds(2))
+        }
+        return try await finishDelete(m)
+    }
+
+    /// The VM is gone (or never existed): drop the finalizer.
+    func finishDelete(_ m: MicrovmMachine) async throws -> ReconcileResult {
+        guard (m.metadata.finalizers ?? []).contains(InfrastructureGroup.machineFinalizer) else { return .done }
+        do {
+            try await kube.update(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace) { o in
+                o.metadata.finalizers = (o.metadata.finalizers ?? []).filter { $0 != InfrastructureGroup.machineFinalizer }
+            }
+        } catch let e as KubernetesAPIError where e.isNotFound {}
+        logger.info("microVM gone; finalizer removed", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")"])
+        return .done
+    }
+
+    func fail(_ m: MicrovmMachine, reason: String, message: String) async throws -> ReconcileResult {
+        logger.error("machine failed: \(message)", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")"])
+        try await setStatus(m) { st in
+            st.ready = false
+            st.vmState = "failed"
+            st.failureReason = reason
+            st.failureMessage = message
+            st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Error", reason: reason, message: message))
+        }
+        return .done
+    }
+
+    func setStatus(_ m: MicrovmMachine, _ change: @escaping (inout MicrovmMachine.Status) -> Void) async throws {
+        try await kube.update(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace, status: true) { o in
+            var st = o.status ?? MicrovmMachine.Status()
+            change(&st)
+            o.status = st
+        }
+    }
+
+    /// The cluster's basic-auth tokens (CAPMVM: the Secret named by `basicAuthSecret`, keyed by host
+    /// endpoint or name; a `token` key serves every host).
+    func basicAuthTokens(_ c: MicrovmCluster, namespace: String) async throws -> [String: String] {
+        guard let name = c.spec.placement.staticPool?.basicAuthSecret, !name.isEmpty else { return [:] }
+        let s = try await kube.get(Secret.self, name: name, namespace: namespace)
+        return (s.data ?? [:]).mapValues { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+}
+
+/// Sets a condition by type, stamping the transition time when its status changes.
+func upsert(_ conditions: [Condition]?, _ c: Condition) -> [Condition] {
+    var list = conditions ?? []
+    var next = c
+    if let i = list.firstIndex(where: { $0.type == c.type }) {
+        next.lastTransitionTime = list[i].status == c.status ? list[i].lastTransitionTime : timestamp()
+        list[i] = next
+    } else {
+        next.lastTransitionTime = timestamp()
+        list.append(next)
+    }
+    return list
+}
+
+func timestamp() -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime]
+    return f.string(from: Date())
+}

@@ -1,0 +1,106 @@
+import AgentClient
+import CAPMVMAPI
+import CAPMVMController
+import FlintlockAPI
+import Foundation
+import KubernetesClient
+import KubernetesTestServer
+import Logging
+import Testing
+import TestSupport
+
+/// The MicrovmMachine reconciler against the in-process test API server (no Kubernetes API server
+/// runs here) and a real flintlockd booting real microVMs.
+@Suite("capmvm machine reconciler", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd, QEMU and TAP (always runs in CI)"))
+struct CAPMVMMachineEndToEndTests {
+    @Test("create as Cluster API would → the VM on the host with CAPMVM's metadata → providerID, ready, addresses; a lost providerID does not duplicate; delete → VM gone, finalizer removed")
+    func machineLifecycle() async throws {
+        let env = try await TestEnvironment.shared()
+        let server = try await TestAPIServer.start()
+        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+        let agents = AgentConnections()
+        defer { agents.closeAll() }
+        try await withAgent(env) { agent in
+            let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
+            let ns = "default"
+            // The objects Cluster API and the kubeadm bootstrap provider would have made.
+            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "mvm", namespace: ns), spec: .init(
+                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443),
+                sshPublicKeys: [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAcluster"])],
+                placement: .init(staticPool: .init(hosts: [.init(endpoint: agent.address)])))))
+            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "mvm", namespace: ns),
+                                              spec: .init(controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443), infrastructureRef: nil)))
+            _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"mvm"}}}"#.utf8))
+            _ = try await kube.create(Secret(metadata: ObjectMeta(name: "m1-bootstrap", namespace: ns), type: "cluster.x-k8s.io/secret",
+                                             data: ["value": Data("#cloud-config\nruncmd: [echo kubeadm]\n".utf8)]))
+            let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "m1", namespace: ns, labels: ["cluster.x-k8s.io/cluster-name": "mvm"]),
+                                                        spec: .init(clusterName: "mvm", bootstrap: .init(dataSecretName: "m1-bootstrap"))))
+            var spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                           kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                           networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap", address: .init(address: "10.97.0.61/24", gateway: nil, nameservers: nil))])
+            spec.kernelCmdline = ["lm_ip": "10.97.0.61/24"]
+            spec.sshPublicKeys = [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAmachine"])]
+            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m1", namespace: ns, ownerReferences: [
+                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m1", uid: machine.metadata.uid ?? "")]), spec: spec))
+
+            // Not before the cluster's infrastructure is ready.
+            #expect(try await reconciler.reconcile(namespace: ns, name: "m1") == .done)
+            let waiting = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+            #expect(waiting.status?.conditions?.first?.reason == "WaitingForClusterInfra")
+            let client = try agent.client()
+            defer { client.close() }
+            #expect(try await client.list().isEmpty)
+            _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+
+            // Created on the host, with CAPMVM's request.
+            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+            let vms = try await client.list()
+            try #require(vms.count == 1)
+            let vm = vms[0]
+            #expect(vm.spec.id == "m1" && vm.spec.namespace == ns && vm.spec.labels["cluster-name"] == "mvm")
+            #expect(vm.spec.kernel.addNetworkConfig)
+            func doc(_ k: String) -> String { String(decoding: Data(base64Encoded: vm.spec.metadata[k] ?? "") ?? Data(), as: UTF8.self) }
+            #expect(doc("user-data") == "#cloud-config\nruncmd: [echo kubeadm]\n")
+            #expect(doc("meta-data").contains("vm_host: \(agent.address)") && doc("meta-data").contains("local_hostname: m1") && doc("meta-data").contains("platform: liquid_metal"))
+            #expect(doc("vendor-data").contains("AAAAmachine") && !doc("vendor-data").contains("AAAAcluster"), "the machine's keys win for the same user")
+            var m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+            #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
+            #expect(m.metadata.finalizers == [InfrastructureGroup.machineFinalizer])
+
+            // Running → ready, with its addresses.
+            _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(120)) { $0.status.state == .created }
+            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+            m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+            #expect(m.status?.ready == true && m.status?.vmState == "running")
+            #expect(m.status?.addresses?.contains(MachineAddress(type: "InternalIP", address: "10.97.0.61")) == true, "\(String(describing: m.status?.addresses))")
+            #expect(m.status?.conditions?.first { $0.type == "MicrovmReady" }?.status == "True")
+
+            // The providerID patch "lost" (as after a failed patch): the VM is found again, not created twice.
+            _ = try await kube.mergePatch(MicrovmMachine.self, name: "m1", namespace: ns, patch: Data(#"{"spec":{"providerID":null}}"#.utf8))
+            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+            #expect(try await client.list().count == 1)
+            #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
+
+            // Delete: the finalizer holds the object until the VM is gone.
+            try await kube.delete(MicrovmMachine.self, name: "m1", namespace: ns)
+            #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).metadata.deletionTimestamp != nil)
+            var rounds = 0
+            while case .requeue = try await reconciler.reconcile(namespace: ns, name: "m1"), rounds < 60 {
+                rounds += 1
+                try await Task.sleep(for: .milliseconds(500))
+            }
+            #expect(try await client.list().isEmpty, "the VM is deleted from the host")
+            await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
+
+            // A machine whose VM never existed deletes cleanly (CAPMVM #190).
+            let m2owner = try await kube.create(Machine(metadata: ObjectMeta(name: "m2", namespace: ns), spec: .init(clusterName: "mvm", bootstrap: .init())))
+            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m2", namespace: ns, finalizers: [InfrastructureGroup.machineFinalizer], ownerReferences: [
+                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m2", uid: m2owner.metadata.uid ?? "")]), spec: spec))
+            try await kube.delete(MicrovmMachine.self, name: "m2", namespace: ns)
+            #expect(try await reconciler.reconcile(namespace: ns, name: "m2") == .done)
+            await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m2", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
+        }
+        try await kube.shutdown()
+        try await server.stop()
+    }
+}
