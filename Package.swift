@@ -203,6 +203,7 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             path: "Tests/KubernetesTestServer"
         ),
+        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CAPMVMAPITests", dependencies: ["CAPMVMAPI", "KubernetesClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),

@@ -103,4 +103,63 @@ struct CAPMVMMachineEndToEndTests {
         try await kube.shutdown()
         try await server.stop()
     }
+
+    @Test("the controller manager: objects created as Cluster API would → VM created and machine ready, cluster ready with failure domains; delete → VM gone")
+    func managerLoop() async throws {
+        let env = try await TestEnvironment.shared()
+        let server = try await TestAPIServer.start()
+        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+        let agents = AgentConnections()
+        defer { agents.closeAll() }
+        try await withAgent(env) { agent in
+            var settings = ControllerSettings()
+            settings.namespace = "team-a"
+            settings.machineConcurrency = 2
+            let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
+            let running = Task { await manager.run() }
+            defer { running.cancel() }
+            let ns = "team-a"
+            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "edge", namespace: ns), spec: .init(
+                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.70", port: 6443),
+                placement: .init(staticPool: .init(hosts: [.init(endpoint: agent.address, controlplaneAllowed: true)])))))
+            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "edge", namespace: ns)))
+            _ = try await kube.mergePatch(Cluster.self, name: "edge", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"edge"}}}"#.utf8))
+            _ = try await kube.create(Secret(metadata: ObjectMeta(name: "w1-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
+            let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "w1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "edge"]),
+                                                        spec: .init(clusterName: "edge", bootstrap: .init(dataSecretName: "w1-bootstrap"))))
+            _ = try await kube.mergePatch(Machine.self, name: "w1", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"w1"}}}"#.utf8))
+            let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                           kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                           networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
+            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "w1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "edge"], ownerReferences: [
+                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "w1", uid: machine.metadata.uid ?? "")]), spec: spec))
+            // The cluster's infrastructure becomes ready (as Cluster API would report it): the machine follows.
+            _ = try await kube.mergePatch(Cluster.self, name: "edge", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+
+            let client = try agent.client()
+            defer { client.close() }
+            let deadline = ContinuousClock.now + .seconds(120)
+            var m = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns)
+            while m.status?.ready != true, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(500))
+                m = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns)
+            }
+            #expect(m.status?.ready == true && m.status?.vmState == "running", "\(String(describing: m.status))")
+            #expect(try await client.list().count == 1)
+            let c = try await kube.get(MicrovmCluster.self, name: "edge", namespace: ns)
+            #expect(c.status?.ready == true && c.status?.failureDomains?[agent.address]?.controlPlane == true)
+            #expect(c.status?.conditions?.first { $0.type == "LoadBalancerAvailable" }?.reason == "LoadBalancerNotAvailable", "nothing serves on the endpoint")
+
+            try await kube.delete(MicrovmMachine.self, name: "w1", namespace: ns)
+            var gone = false
+            while !gone, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(500))
+                do { _ = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns) } catch let e as KubernetesAPIError where e.isNotFound { gone = true }
+            }
+            #expect(gone, "the finalizer is removed once the VM is gone")
+            #expect(try await client.list().isEmpty)
+        }
+        try await kube.shutdown()
+        try await server.stop()
+    }
 }

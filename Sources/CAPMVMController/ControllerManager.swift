@@ -1,0 +1,185 @@
+import CAPMVMAPI
+import Foundation
+import KubernetesClient
+import Logging
+
+/// Keys ("namespace/name") waiting to be reconciled: each key at most once in the queue and never
+/// reconciled twice at the same time; a key added while it runs is run again afterwards.
+public actor WorkQueue {
+    var queue: [String] = []
+    var queued: Set<String> = []
+    var running: Set<String> = []
+    var dirty: Set<String> = []
+    var waiters: [CheckedContinuation<String?, Never>] = []
+    var closed = false
+
+    public init() {}
+
+    public func add(_ key: String) {
+        guard !closed else { return }
+        if running.contains(key) { dirty.insert(key); return }
+        guard queued.insert(key).inserted else { return }
+        if !waiters.isEmpty { queued.remove(key); running.insert(key); waiters.removeFirst().resume(returning: key); return }
+        queue.append(key)
+    }
+
+    public nonisolated func add(_ key: String, after delay: Duration) {
+        Task {
+            try? await Task.sleep(for: delay)
+            await add(key)
+        }
+    }
+
+    /// The next key to work on (nil once closed); call `done` after.
+    public func next() async -> String? {
+        if !queue.isEmpty {
+            let k = queue.removeFirst()
+            queued.remove(k)
+            running.insert(k)
+            return k
+        }
+        if closed { return nil }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+
+    public func done(_ key: String) {
+        running.remove(key)
+        if dirty.remove(key) != nil { add(key) }
+    }
+
+    public func close() {
+        closed = true
+        for w in waiters { w.resume(returning: nil) }
+        waiters.removeAll()
+    }
+
+    public var depth: Int { queue.count }
+}
+
+/// Settings of the controller manager, as CAPMVM's flags name them.
+public struct ControllerSettings: Sendable {
+    /// Only this namespace (nil: all).
+    public var namespace: String?
+    /// Only objects labelled `cluster.x-k8s.io/watch-filter=<value>`.
+    public var watchFilter: String?
+    /// Every object is reconciled again at least this often.
+    public var syncPeriod: Duration = .seconds(600)
+    public var machineConcurrency = 10
+    public var clusterConcurrency = 10
+    public init() {}
+}
+
+/// Runs the MicrovmMachine and MicrovmCluster reconcilers: list and watch their objects (and the
+/// Cluster API objects that affect them), queue keys, and reconcile with bounded concurrency.
+public final class ControllerManager: Sendable {
+    let kube: KubernetesClient
+    let machines: MachineReconciler
+    let clusters: ClusterReconciler
+    let settings: ControllerSettings
+    let logger: Logger
+    public let machineQueue = WorkQueue()
+    public let clusterQueue = WorkQueue()
+
+    public init(kube: KubernetesClient, agents: AgentConnections, settings: ControllerSettings, logger: Logger) {
+        self.kube = kube
+        self.machines = MachineReconciler(kube: kube, agents: agents, logger: logger)
+        self.clusters = ClusterReconciler(kube: kube, logger: logger)
+        self.settings = settings
+        self.logger = logger
+    }
+
+    var selector: String? { settings.watchFilter.map { "cluster.x-k8s.io/watch-filter=\($0)" } }
+
+    static func key(_ m: ObjectMeta) -> String { "\(m.namespace ?? "")/\(m.name ?? "")" }
+
+    /// Runs until the task is cancelled.
+    public func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.inform(MicrovmMachine.self) { await self.machineQueue.add(Self.key($0.metadata)) } }
+            group.addTask {
+                await self.inform(Machine.self) { m in
+                    if let ref = m.spec.infrastructureRef, ref.kind == "MicrovmMachine", let name = ref.name {
+                        await self.machineQueue.add("\(m.metadata.namespace ?? "")/\(name)")
+                    }
+                }
+            }
+            group.addTask {
+                await self.inform(Cluster.self) { c in
+                    if let ref = c.spec?.infrastructureRef, ref.kind == "MicrovmCluster", let name = ref.name {
+                        await self.clusterQueue.add("\(c.metadata.namespace ?? "")/\(name)")
+                    }
+                    // Machines wait for their cluster's infrastructure: look at them again.
+                    let ns = c.metadata.namespace
+                    if let list = try? await self.kube.list(MicrovmMachine.self, namespace: ns, labelSelector: "\(ClusterAPIGroup.clusterNameLabel)=\(c.metadata.name ?? "")") {
+                        for m in list.items { await self.machineQueue.add(Self.key(m.metadata)) }
+                    }
+                    if let list = try? await self.kube.list(Machine.self, namespace: ns, labelSelector: "\(ClusterAPIGroup.clusterNameLabel)=\(c.metadata.name ?? "")") {
+                        for m in list.items where m.spec.infrastructureRef?.kind == "MicrovmMachine" {
+                            await self.machineQueue.add("\(ns ?? "")/\(m.spec.infrastructureRef?.name ?? "")")
+                        }
+                    }
+                }
+            }
+            group.addTask { await self.inform(MicrovmCluster.self) { await self.clusterQueue.add(Self.key($0.metadata)) } }
+            for _ in 0..<max(1, settings.machineConcurrency) {
+                group.addTask { await self.work(self.machineQueue, kind: "MicrovmMachine") { try await self.machines.reconcile(namespace: $0, name: $1) } }
+            }
+            for _ in 0..<max(1, settings.clusterConcurrency) {
+                group.addTask { await self.work(self.clusterQueue, kind: "MicrovmCluster") { try await self.clusters.reconcile(namespace: $0, name: $1) } }
+            }
+            await withTaskCancellationHandler {
+                await group.waitForAll()
+            } onCancel: {
+                Task {
+                    await self.machineQueue.close()
+                    await self.clusterQueue.close()
+                }
+            }
+        }
+    }
+
+    func work(_ queue: WorkQueue, kind: String, _ reconcile: @Sendable (String, String) async throws -> ReconcileResult) async {
+        while let key = await queue.next() {
+            let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+            do {
+                switch try await reconcile(parts.first ?? "", parts.count > 1 ? parts[1] : "") {
+                case .done: break
+                case .requeue(let after): queue.add(key, after: after)
+                }
+            } catch {
+                logger.warning("reconcile failed; retrying", metadata: ["kind": "\(kind)", "key": "\(key)", "error": "\(error)"])
+                queue.add(key, after: .seconds(5))
+            }
+            await queue.done(key)
+        }
+    }
+
+    /// List, then watch from the list's version; relist after 410 Gone and every sync period.
+    func inform<T: KubernetesObject>(_ type: T.Type, _ handle: @escaping @Sendable (T) async -> Void) async {
+        while !Task.isCancelled {
+            do {
+                let list = try await kube.list(T.self, namespace: settings.namespace, labelSelector: selector)
+                for item in list.items { await handle(item) }
+                var rv = list.metadata.resourceVersion ?? "0"
+                let relistAt = ContinuousClock.now + settings.syncPeriod
+                while !Task.isCancelled && ContinuousClock.now < relistAt {
+                    for try await event in kube.watch(T.self, namespace: settings.namespace, resourceVersion: rv, labelSelector: selector, timeoutSeconds: 60) {
+                        switch event {
+                        case .added(let o), .modified(let o), .deleted(let o):
+                            rv = o.metadata.resourceVersion ?? rv
+                            await handle(o)
+                        case .bookmark(let v): rv = v
+                        }
+                    }
+                }
+            } catch let e as KubernetesAPIError where e.isGone {
+                logger.debug("watch expired; listing again", metadata: ["kind": "\(T.resource.kind)"])
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.warning("list/watch failed; retrying", metadata: ["kind": "\(T.resource.kind)", "error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+}
