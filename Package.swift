@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "flintlockd", targets: ["flintlockd"]),
         .executable(name: "lmctl", targets: ["lmctl"]),
         .executable(name: "lm-bench", targets: ["lm-bench"]),
+        .executable(name: "capmvm", targets: ["capmvm"]),
         .library(name: "AgentClient", targets: ["AgentClient"]),
     ],
     dependencies: [
@@ -21,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -82,7 +85,8 @@ let package = Package(
             dependencies: [
                 "CAPMVMAPI", "KubernetesClient", "Placement", "AgentClient", "FlintlockAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"), .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
+                .product(name: "Yams", package: "Yams"), .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
@@ -167,6 +171,14 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "capmvm",
+            dependencies: [
+                "CAPMVMController", "KubernetesClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
             name: "lmctl",
             dependencies: [
                 "AgentClient", "ImageBuilder", "OCIRegistry", "OCIImage", "MicroVMCore",
@@ -218,7 +230,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl",
+                "AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl", "capmvm",
                 "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -2,6 +2,8 @@ import CAPMVMAPI
 import Foundation
 import KubernetesClient
 import Logging
+import Metrics
+import Synchronization
 
 /// Keys ("namespace/name") waiting to be reconciled: each key at most once in the queue and never
 /// reconciled twice at the same time; a key added while it runs is run again afterwards.
@@ -79,6 +81,11 @@ public final class ControllerManager: Sendable {
     let logger: Logger
     public let machineQueue = WorkQueue()
     public let clusterQueue = WorkQueue()
+    /// Kinds whose first list succeeded; the manager is ready once all four have.
+    let listed = Mutex<Set<String>>([])
+
+    /// Whether every watched kind has been listed once (readiness).
+    public var isSynced: Bool { listed.withLock { $0.count >= 4 } }
 
     public init(kube: KubernetesClient, agents: AgentConnections, settings: ControllerSettings, logger: Logger) {
         self.kube = kube
@@ -139,17 +146,27 @@ public final class ControllerManager: Sendable {
     }
 
     func work(_ queue: WorkQueue, kind: String, _ reconcile: @Sendable (String, String) async throws -> ReconcileResult) async {
+        let duration = Metrics.Timer(label: "capmvm_reconcile_duration_seconds", dimensions: [("controller", kind)], preferredDisplayUnit: .seconds)
+        let depth = Gauge(label: "capmvm_workqueue_depth", dimensions: [("controller", kind)])
         while let key = await queue.next() {
+            depth.record(await queue.depth)
             let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+            let start = ContinuousClock.now
+            var result = "success"
             do {
                 switch try await reconcile(parts.first ?? "", parts.count > 1 ? parts[1] : "") {
                 case .done: break
-                case .requeue(let after): queue.add(key, after: after)
+                case .requeue(let after):
+                    result = "requeue"
+                    queue.add(key, after: after)
                 }
             } catch {
+                result = "error"
                 logger.warning("reconcile failed; retrying", metadata: ["kind": "\(kind)", "key": "\(key)", "error": "\(error)"])
                 queue.add(key, after: .seconds(5))
             }
+            duration.record(duration: ContinuousClock.now - start)
+            Counter(label: "capmvm_reconcile_total", dimensions: [("controller", kind), ("result", result)]).increment()
             await queue.done(key)
         }
     }
@@ -160,6 +177,7 @@ public final class ControllerManager: Sendable {
             do {
                 let list = try await kube.list(T.self, namespace: settings.namespace, labelSelector: selector)
                 for item in list.items { await handle(item) }
+                listed.withLock { _ = $0.insert(T.resource.kind) }
                 var rv = list.metadata.resourceVersion ?? "0"
                 let relistAt = ContinuousClock.now + settings.syncPeriod
                 while !Task.isCancelled && ContinuousClock.now < relistAt {

@@ -78,11 +78,18 @@ public struct LeaderElector: Sendable {
             logger.error("lost leadership: \(e.description)")
             throw e
         } catch {
-            await release()
+            await releaseDetached()
             throw error
         }
-        await release()
+        await releaseDetached()
         return result
+    }
+
+    /// Releases from a task of its own: the caller's task may be cancelled (that is how a stop
+    /// arrives), and a cancelled task's requests would fail before reaching the server.
+    func releaseDetached() async {
+        let elector = self
+        await Task.detached { await elector.release() }.value
     }
 
     /// One attempt: create the lease, renew it, or take it over when expired. True when held.

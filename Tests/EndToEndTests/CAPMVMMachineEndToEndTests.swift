@@ -3,6 +3,7 @@ import CAPMVMAPI
 import CAPMVMController
 import FlintlockAPI
 import Foundation
+import HostSystem
 import KubernetesClient
 import KubernetesTestServer
 import Logging
@@ -119,42 +120,22 @@ struct CAPMVMMachineEndToEndTests {
             let running = Task { await manager.run() }
             defer { running.cancel() }
             let ns = "team-a"
-            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "edge", namespace: ns), spec: .init(
-                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.70", port: 6443),
-                placement: .init(staticPool: .init(hosts: [.init(endpoint: agent.address, controlplaneAllowed: true)])))))
-            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "edge", namespace: ns)))
-            _ = try await kube.mergePatch(Cluster.self, name: "edge", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"edge"}}}"#.utf8))
-            _ = try await kube.create(Secret(metadata: ObjectMeta(name: "w1-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
-            let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "w1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "edge"]),
-                                                        spec: .init(clusterName: "edge", bootstrap: .init(dataSecretName: "w1-bootstrap"))))
-            _ = try await kube.mergePatch(Machine.self, name: "w1", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"w1"}}}"#.utf8))
-            let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
-                                           kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
-                                           networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
-            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "w1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "edge"], ownerReferences: [
-                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "w1", uid: machine.metadata.uid ?? "")]), spec: spec))
-            // The cluster's infrastructure becomes ready (as Cluster API would report it): the machine follows.
-            _ = try await kube.mergePatch(Cluster.self, name: "edge", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
-
+            let name = try await clusterWithMachine(kube, ns: ns, name: "edge", host: agent.address, env: env)
             let client = try agent.client()
             defer { client.close() }
-            let deadline = ContinuousClock.now + .seconds(120)
-            var m = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns)
-            while m.status?.ready != true, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(500))
-                m = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns)
-            }
+            let m = try await waitReady(kube, ns: ns, name: name, timeout: .seconds(120))
             #expect(m.status?.ready == true && m.status?.vmState == "running", "\(String(describing: m.status))")
             #expect(try await client.list().count == 1)
             let c = try await kube.get(MicrovmCluster.self, name: "edge", namespace: ns)
             #expect(c.status?.ready == true && c.status?.failureDomains?[agent.address]?.controlPlane == true)
             #expect(c.status?.conditions?.first { $0.type == "LoadBalancerAvailable" }?.reason == "LoadBalancerNotAvailable", "nothing serves on the endpoint")
 
-            try await kube.delete(MicrovmMachine.self, name: "w1", namespace: ns)
+            try await kube.delete(MicrovmMachine.self, name: name, namespace: ns)
+            let deadline = ContinuousClock.now + .seconds(60)
             var gone = false
             while !gone, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(500))
-                do { _ = try await kube.get(MicrovmMachine.self, name: "w1", namespace: ns) } catch let e as KubernetesAPIError where e.isNotFound { gone = true }
+                do { _ = try await kube.get(MicrovmMachine.self, name: name, namespace: ns) } catch let e as KubernetesAPIError where e.isNotFound { gone = true }
             }
             #expect(gone, "the finalizer is removed once the VM is gone")
             #expect(try await client.list().isEmpty)
@@ -162,4 +143,106 @@ struct CAPMVMMachineEndToEndTests {
         try await kube.shutdown()
         try await server.stop()
     }
+
+    @Test("the capmvm executable: kubeconfig, readiness, metrics; with --leader-elect one of two replicas works and the other takes over when it stops")
+    func executable() async throws {
+        let env = try await TestEnvironment.shared()
+        let server = try await TestAPIServer.start()
+        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+        let dir = "/tmp/lm-capmvm-\(UUID().uuidString.prefix(6))"
+        try HostFiles.createDirectory(dir)
+        defer { try? HostFiles.remove(dir) }
+        try Data("""
+            apiVersion: v1
+            kind: Config
+            current-context: test
+            clusters: [{name: test, cluster: {server: "\(server.server)"}}]
+            users: [{name: test, user: {token: test-token}}]
+            contexts: [{name: test, context: {cluster: test, user: test}}]
+            """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeconfig"))
+        func start(_ name: String, health: Int, metrics: Int) throws -> pid_t {
+            let log = open("\(dir)/\(name).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            defer { close(log) }
+            return try HostProcess.spawn(["\(TestEnvironment.productsDirectory)/capmvm", "--kubeconfig", "\(dir)/kubeconfig", "--leader-elect",
+                                          "--health-addr", "127.0.0.1:\(health)", "--metrics-bind-addr", "127.0.0.1:\(metrics)", "--namespace", "team-b"],
+                                         stdout: log, stderr: log)
+        }
+        func get(_ url: String) async -> String? { try? await HostProcess.run(["curl", "-sf", "-m", "3", url]) }
+        let a = try start("a", health: 19441, metrics: 19481)
+        try await Task.sleep(for: .seconds(1))
+        let b = try start("b", health: 19442, metrics: 19482)
+        defer { for p in [a, b] { kill(p, SIGKILL); _ = HostProcess.waitFor(p) } }
+
+        try await withAgent(env) { agent in
+            var ready = false
+            for _ in 0..<50 where !ready {
+                ready = await get("http://127.0.0.1:19441/readyz") != nil
+                if !ready { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(ready, "the leader's caches sync: \(String(decoding: HostFiles.tail("\(dir)/a.log", maxBytes: 2000) ?? Data(), as: UTF8.self))")
+            #expect(await get("http://127.0.0.1:19442/healthz") == "ok\n", "the standby is alive")
+            #expect(await get("http://127.0.0.1:19442/readyz") == nil, "the standby has not synced: it is not leading")
+            let lease = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
+            #expect(lease.spec?.holderIdentity?.isEmpty == false)
+
+            // The leader reconciles a machine.
+            let ns = "team-b"
+            let mvm = try await clusterWithMachine(kube, ns: ns, name: "exe", host: agent.address, env: env)
+            let m = try await waitReady(kube, ns: ns, name: mvm, timeout: .seconds(120))
+            #expect(m.status?.ready == true, "\(String(describing: m.status))")
+            let metrics = await get("http://127.0.0.1:19481/metrics") ?? ""
+            #expect(metrics.contains("capmvm_reconcile_total") && metrics.contains("controller=\"MicrovmMachine\""), "\(metrics.prefix(600))")
+
+            // The leader stops (SIGTERM releases the lease): the standby takes over and keeps reconciling.
+            kill(a, SIGTERM)
+            #expect(HostProcess.waitFor(a) == .exited(0))
+            var took = false
+            for _ in 0..<50 where !took {
+                took = await get("http://127.0.0.1:19442/readyz") != nil
+                if !took { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(took, "the standby became the leader within 10 s (the stopped leader released its lease)")
+            let released = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
+            #expect(released.spec?.holderIdentity != lease.spec?.holderIdentity && (released.spec?.leaseTransitions ?? 0) >= 1)
+            try await kube.delete(MicrovmMachine.self, name: mvm, namespace: ns)
+            let client = try agent.client()
+            defer { client.close() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline, try await !client.list().isEmpty { try await Task.sleep(for: .milliseconds(500)) }
+            #expect(try await client.list().isEmpty, "the new leader deleted the VM")
+        }
+        try await kube.shutdown()
+        try await server.stop()
+    }
+}
+
+/// A Cluster, MicrovmCluster (static pool of one host), bootstrap Secret, Machine and MicrovmMachine
+/// as Cluster API would create them, the cluster's infrastructure ready; returns the machine's name.
+func clusterWithMachine(_ kube: KubernetesClient, ns: String, name: String, host: String, env: TestEnvironment) async throws -> String {
+    _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: name, namespace: ns), spec: .init(
+        controlPlaneEndpoint: APIEndpoint(host: "10.97.0.80", port: 6443), placement: .init(staticPool: .init(hosts: [.init(endpoint: host)])))))
+    _ = try await kube.create(Cluster(metadata: ObjectMeta(name: name, namespace: ns)))
+    _ = try await kube.mergePatch(Cluster.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"\#(name)"}}}"#.utf8))
+    _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-m-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
+    let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "\(name)-m", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: name]),
+                                                spec: .init(clusterName: name, bootstrap: .init(dataSecretName: "\(name)-m-bootstrap"))))
+    _ = try await kube.mergePatch(Machine.self, name: "\(name)-m", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)-m"}}}"#.utf8))
+    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                   kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                   networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
+    _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "\(name)-m", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: name], ownerReferences: [
+        OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "\(name)-m", uid: machine.metadata.uid ?? "")]), spec: spec))
+    _ = try await kube.mergePatch(Cluster.self, name: name, namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+    return "\(name)-m"
+}
+
+/// Waits until the MicrovmMachine reports ready (or the time is up) and returns it.
+func waitReady(_ kube: KubernetesClient, ns: String, name: String, timeout: Duration) async throws -> MicrovmMachine {
+    let deadline = ContinuousClock.now + timeout
+    var m = try await kube.get(MicrovmMachine.self, name: name, namespace: ns)
+    while m.status?.ready != true, ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(500))
+        m = try await kube.get(MicrovmMachine.self, name: name, namespace: ns)
+    }
+    return m
 }
