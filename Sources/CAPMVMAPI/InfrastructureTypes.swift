@@ -264,10 +264,20 @@ public struct MicrovmMachineTemplate: KubernetesObject, Equatable {
     public var spec: Spec
     public struct Spec: Codable, Sendable, Equatable {
         public var template: Template
+        public init(template: Template) { self.template = template }
     }
     public struct Template: Codable, Sendable, Equatable {
         public var metadata: ObjectMeta?
         public var spec: MicrovmMachine.Spec
+        public init(metadata: ObjectMeta? = nil, spec: MicrovmMachine.Spec) {
+            self.metadata = metadata
+            self.spec = spec
+        }
+    }
+
+    public init(metadata: ObjectMeta, spec: Spec) {
+        self.metadata = metadata
+        self.spec = spec
     }
 }
 

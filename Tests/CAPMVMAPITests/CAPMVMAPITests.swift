@@ -93,3 +93,113 @@ struct CAPMVMAPITests {
         #expect(s.data?["value"] == Data("#cloud-config\n".utf8) && s.data?["format"] == Data("cloud-config".utf8))
     }
 }
+
+/// The CRD manifests under config/crd/bases agree with the Swift types: every field the types write
+/// is in the schema, and the names, defaults and rules CAPMVM users rely on are there.
+@Suite("CRD manifests")
+struct CRDManifestTests {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("config/crd/bases").path
+
+    func crd(_ plural: String) throws -> [String: Any] {
+        let text = try String(contentsOfFile: "\(Self.directory)/infrastructure.cluster.x-k8s.io_\(plural).yaml", encoding: .utf8)
+        return try #require(try Yams.load(yaml: text) as? [String: Any])
+    }
+
+    func schema(_ crd: [String: Any]) throws -> [String: Any] {
+        let versions = try #require((crd["spec"] as? [String: Any])?["versions"] as? [[String: Any]])
+        return try #require((versions.first?["schema"] as? [String: Any])?["openAPIV3Schema"] as? [String: Any])
+    }
+
+    /// Paths of `value` (encoded JSON) missing from `schema`.
+    func missing(_ value: Any, _ schema: [String: Any], path: String = "") -> [String] {
+        if let object = value as? [String: Any] {
+            if path.hasSuffix(".metadata") || path == "metadata" { return [] }  // ObjectMeta is the API server's
+            if let props = schema["properties"] as? [String: Any] {
+                return object.flatMap { k, v -> [String] in
+                    guard let s = props[k] as? [String: Any] else { return ["\(path).\(k)"] }
+                    return missing(v, s, path: "\(path).\(k)")
+                }
+            }
+            if let extra = schema["additionalProperties"] as? [String: Any] {
+                return object.flatMap { k, v in missing(v, extra, path: "\(path)[\(k)]") }
+            }
+            return schema["type"] as? String == "object" ? [] : ["\(path) (not an object in the schema)"]
+        }
+        if let array = value as? [Any], let items = schema["items"] as? [String: Any] {
+            return array.flatMap { missing($0, items, path: "\(path)[]") }
+        }
+        return []
+    }
+
+    func encoded(_ v: some Encodable) throws -> Any { try JSONSerialization.jsonObject(with: JSONEncoder().encode(v)) }
+
+    static var fullMachineSpec: MicrovmMachine.Spec {
+        var s = MicrovmMachine.Spec(vcpu: 2, memoryMb: 2048, rootVolume: .init(id: "root", image: "i", readOnly: true, mountPoint: "/x"),
+                                    kernel: .init(image: "k", filename: "boot/vmlinux"), initrd: .init(image: "k", filename: "boot/initrd"),
+                                    networkInterfaces: [.init(guestDeviceName: "eth0", guestMac: "02:00:00:00:00:01", type: "tap", address: .init(address: "10.0.0.2/24", gateway: "10.0.0.1", nameservers: ["1.1.1.1"]))],
+                                    providerID: "microvm://h:9090/u")
+        s.provider = "qemu"
+        s.volumes = [.init(id: "data", image: "d", readOnly: false, mountPoint: "/data")]
+        s.kernelCmdline = ["console": "ttyS0"]
+        s.labels = ["a": "b"]
+        s.sshPublicKeys = [SSHPublicKey(user: "root", authorizedKeys: ["k"])]
+        return s
+    }
+
+    @Test("every field the Swift types write is in the CRD schemas")
+    func fieldsMatch() throws {
+        var machine = MicrovmMachine(metadata: ObjectMeta(name: "m"), spec: Self.fullMachineSpec)
+        var st = MicrovmMachine.Status()
+        st.ready = true; st.vmState = "running"; st.addresses = [MachineAddress(type: "InternalIP", address: "10.0.0.2")]
+        st.failureReason = "r"; st.failureMessage = "m"; st.conditions = [Condition(type: "MicrovmReady", status: "True", severity: "Info", reason: "x", message: "y", lastTransitionTime: "2026-01-01T00:00:00Z")]
+        machine.status = st
+        let cluster = MicrovmCluster(metadata: ObjectMeta(name: "c"), spec: .init(
+            controlPlaneEndpoint: APIEndpoint(host: "h", port: 6443), sshPublicKeys: [SSHPublicKey(user: "root", authorizedKeys: ["k"])],
+            placement: .init(staticPool: .init(hosts: [.init(name: "h1", endpoint: "h:9090", controlplaneAllowed: true)], basicAuthSecret: "s"), dynamicPool: .init(hostSelector: ["a": "b"])),
+            tlsSecretRef: "t"), status: .init(ready: true, conditions: [Condition(type: "Ready", status: "True")], failureDomains: ["h:9090": .init(controlPlane: true, attributes: ["a": "b"])]))
+        var hostStatus = MicrovmHost.Status()
+        hostStatus.reachable = true; hostStatus.agentVersion = "0.2.0"; hostStatus.vcpus = 2; hostStatus.memoryMb = 1; hostStatus.microvms = 1
+        hostStatus.allocatedVcpus = 1; hostStatus.allocatedMemoryMb = 1; hostStatus.freeVcpus = 1; hostStatus.freeMemoryMb = 1; hostStatus.lastProbeTime = "2026-01-01T00:00:00Z"
+        hostStatus.conditions = [Condition(type: "Reachable", status: "True")]
+        let host = MicrovmHost(metadata: ObjectMeta(name: "h"), spec: .init(endpoint: "h:9090", failureDomain: "rack-a", controlplaneAllowed: false, credentialsRef: LocalObjectReference(name: "s")), status: hostStatus)
+        let template = MicrovmMachineTemplate(metadata: ObjectMeta(name: "t"), spec: .init(template: .init(metadata: ObjectMeta(name: "x"), spec: Self.fullMachineSpec)))
+        for (plural, value) in [("microvmmachines", try encoded(machine)), ("microvmclusters", try encoded(cluster)), ("microvmhosts", try encoded(host)),
+                                ("microvmmachinetemplates", try encoded(template))] {
+            let gaps = missing(value, try schema(try crd(plural)))
+            #expect(gaps.isEmpty, "\(plural): \(gaps)")
+        }
+        // The check itself finds a field the schema lacks.
+        #expect(missing(["spec": ["vcpu": 1, "bogus": true]], try schema(try crd("microvmmachines"))) == [".spec.bogus"])
+    }
+
+    @Test("names, short names, categories, status subresources, CAPMVM's defaults and minimums, CEL rules")
+    func contract() throws {
+        for (plural, kind, short, status) in [("microvmclusters", "MicrovmCluster", "mvmc", true), ("microvmmachines", "MicrovmMachine", "mvm", true),
+                                              ("microvmmachinetemplates", "MicrovmMachineTemplate", "mvmmt", false), ("microvmhosts", "MicrovmHost", "mvmh", true),
+                                              ("microvmclustertemplates", "MicrovmClusterTemplate", "mvmct", false)] {
+            let c = try crd(plural)
+            let spec = try #require(c["spec"] as? [String: Any])
+            #expect(spec["group"] as? String == "infrastructure.cluster.x-k8s.io" && spec["scope"] as? String == "Namespaced")
+            let names = try #require(spec["names"] as? [String: Any])
+            #expect(names["kind"] as? String == kind && names["plural"] as? String == plural && (names["shortNames"] as? [String]) == [short])
+            #expect((names["categories"] as? [String]) == ["cluster-api"])
+            let version = try #require((spec["versions"] as? [[String: Any]])?.first)
+            #expect(version["name"] as? String == "v1alpha1" && version["storage"] as? Bool == true)
+            #expect((version["subresources"] != nil) == status, "\(plural) status subresource")
+            #expect(((c["metadata"] as? [String: Any])?["labels"] as? [String: String])?["cluster.x-k8s.io/v1beta1"] == "v1alpha1", "clusterctl's contract label")
+        }
+        let m = try schema(try crd("microvmmachines"))
+        let mspec = try #require((m["properties"] as? [String: Any])?["spec"] as? [String: Any])
+        let mprops = try #require(mspec["properties"] as? [String: [String: Any]])
+        #expect(mprops["memoryMb"]?["minimum"] as? Int == 1024 && mprops["vcpu"]?["minimum"] as? Int == 1)
+        #expect(mprops["networkInterfaces"]?["minItems"] as? Int == 1)
+        #expect((mprops["kernel"]?["x-kubernetes-validations"] as? [[String: String]])?.first?["rule"] == "self == oldSelf", "spec fields are immutable")
+        #expect(Set(mspec["required"] as? [String] ?? []) == ["vcpu", "memoryMb", "rootVolume", "kernel", "networkInterfaces"])
+        let c = try schema(try crd("microvmclusters"))
+        let placement = try #require((((c["properties"] as? [String: Any])?["spec"] as? [String: Any])?["properties"] as? [String: Any])?["placement"] as? [String: Any])
+        #expect((placement["x-kubernetes-validations"] as? [[String: String]])?.first?["rule"] == "has(self.staticPool) != has(self.dynamicPool)")
+        let hostItem = try #require(((((placement["properties"] as? [String: Any])?["staticPool"] as? [String: Any])?["properties"] as? [String: Any])?["hosts"] as? [String: Any])?["items"] as? [String: Any])
+        #expect(((hostItem["properties"] as? [String: Any])?["controlplaneAllowed"] as? [String: Any])?["default"] as? Bool == true)
+    }
+}
