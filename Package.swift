@@ -231,7 +231,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl", "capmvm",
-                "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"),
+                "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", "Placement", .product(name: "Logging", package: "swift-log"),
             ]
         ),
     ],

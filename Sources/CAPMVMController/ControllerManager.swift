@@ -68,29 +68,41 @@ public struct ControllerSettings: Sendable {
     public var syncPeriod: Duration = .seconds(600)
     public var machineConcurrency = 10
     public var clusterConcurrency = 10
+    public var hostConcurrency = 4
+    /// How soon a machine waiting on its VM (or on a host) is looked at again.
+    public var pendingRequeue: Duration = .seconds(30)
+    /// How often each MicrovmHost's agent is probed for capacity and health.
+    public var hostProbeInterval: Duration = .seconds(30)
     public init() {}
 }
 
-/// Runs the MicrovmMachine and MicrovmCluster reconcilers: list and watch their objects (and the
-/// Cluster API objects that affect them), queue keys, and reconcile with bounded concurrency.
+/// Runs the MicrovmMachine, MicrovmCluster and MicrovmHost reconcilers: list and watch their objects
+/// (and the Cluster API objects that affect them), queue keys, and reconcile with bounded concurrency.
 public final class ControllerManager: Sendable {
     let kube: KubernetesClient
     let machines: MachineReconciler
     let clusters: ClusterReconciler
+    let hosts: HostReconciler
     let settings: ControllerSettings
     let logger: Logger
     public let machineQueue = WorkQueue()
     public let clusterQueue = WorkQueue()
-    /// Kinds whose first list succeeded; the manager is ready once all four have.
+    public let hostQueue = WorkQueue()
+    /// Kinds whose first list succeeded; the manager is ready once all five have.
     let listed = Mutex<Set<String>>([])
 
     /// Whether every watched kind has been listed once (readiness).
-    public var isSynced: Bool { listed.withLock { $0.count >= 4 } }
+    public var isSynced: Bool { listed.withLock { $0.count >= 5 } }
 
     public init(kube: KubernetesClient, agents: AgentConnections, settings: ControllerSettings, logger: Logger) {
         self.kube = kube
-        self.machines = MachineReconciler(kube: kube, agents: agents, logger: logger)
+        var machines = MachineReconciler(kube: kube, agents: agents, logger: logger)
+        machines.pendingRequeue = settings.pendingRequeue
+        self.machines = machines
         self.clusters = ClusterReconciler(kube: kube, logger: logger)
+        var hosts = HostReconciler(kube: kube, agents: agents, logger: logger)
+        hosts.probeInterval = settings.hostProbeInterval
+        self.hosts = hosts
         self.settings = settings
         self.logger = logger
     }
@@ -128,6 +140,10 @@ public final class ControllerManager: Sendable {
                 }
             }
             group.addTask { await self.inform(MicrovmCluster.self) { await self.clusterQueue.add(Self.key($0.metadata)) } }
+            group.addTask { await self.inform(MicrovmHost.self) { await self.hostQueue.add(Self.key($0.metadata)) } }
+            for _ in 0..<max(1, settings.hostConcurrency) {
+                group.addTask { await self.work(self.hostQueue, kind: "MicrovmHost") { try await self.hosts.reconcile(namespace: $0, name: $1) } }
+            }
             for _ in 0..<max(1, settings.machineConcurrency) {
                 group.addTask { await self.work(self.machineQueue, kind: "MicrovmMachine") { try await self.machines.reconcile(namespace: $0, name: $1) } }
             }
@@ -140,6 +156,7 @@ public final class ControllerManager: Sendable {
                 Task {
                     await self.machineQueue.close()
                     await self.clusterQueue.close()
+                    await self.hostQueue.close()
                 }
             }
         }

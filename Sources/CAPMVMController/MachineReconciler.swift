@@ -67,14 +67,22 @@ public struct MachineReconciler: Sendable {
         guard let infraName = cluster.spec?.infrastructureRef?.name else { return .requeue(after: .seconds(10)) }
         let mvmCluster = try await kube.get(MicrovmCluster.self, name: infraName, namespace: namespace)
         let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
-        let tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
+        var tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
+        // A dynamic pool: the MicrovmHosts matching the selector, with their own credentials.
+        var poolHosts: [MicrovmHost] = []
+        if let dynamic = mvmCluster.spec.placement.dynamicPool {
+            let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            poolHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
+            for h in poolHosts { if let t = try await HostReconciler.token(kube, host: h) { tokens[h.spec.endpoint] = t } }
+        }
+        let poolEndpoints = mvmCluster.spec.placement.dynamicPool != nil ? poolHosts.map(\.spec.endpoint) : hosts.map(\.endpoint)
         func token(_ endpoint: String) -> String? {
             let hostName = hosts.first { $0.endpoint == endpoint }?.name
             return tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"]
         }
 
         if m.metadata.deletionTimestamp != nil {
-            return try await reconcileDelete(m, hosts: hosts.map(\.endpoint), token: token)
+            return try await reconcileDelete(m, hosts: poolEndpoints, token: token)
         }
         guard cluster.status?.infrastructureReady == true else {
             try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "WaitingForClusterInfra")) }
@@ -89,13 +97,42 @@ public struct MachineReconciler: Sendable {
                 o.metadata.finalizers = (o.metadata.finalizers ?? []) + [InfrastructureGroup.machineFinalizer]
             }
         }
-        // Where: the providerID's host, else the static pool's choice.
+        // Where: the providerID's host; else a VM already made for this machine on any pool host (its
+        // providerID was not recorded); else the static pool's choice or the scheduler's.
         let existing = m.spec.providerID.flatMap(ProviderID.init)
-        guard let host = existing?.host ?? StaticPool.failureDomain(machineName: name, failureDomains: hosts.map(\.endpoint), requested: machine.spec.failureDomain, providerID: nil) else {
+        var host = existing?.host
+        var vm: AgentClient.MicroVM?
+        if host == nil {
+            for endpoint in poolEndpoints {
+                guard let client = try? agents.client(endpoint: endpoint, token: token(endpoint)),
+                      let found = try? await findVM(client, machine: m, namespace: namespace, name: name, uid: nil) else { continue }
+                (host, vm) = (endpoint, found)
+                break
+            }
+        }
+        if host == nil {
+            if mvmCluster.spec.placement.dynamicPool != nil {
+                switch try await schedule(m, machine: machine, hosts: poolHosts, namespace: namespace) {
+                case .host(let h): host = h.endpoint
+                case .unschedulable(let why):
+                    try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "NoHostAvailable", message: why.joined(separator: "; "))) }
+                    return .requeue(after: pendingRequeue)
+                }
+            } else {
+                host = StaticPool.failureDomain(machineName: name, failureDomains: hosts.map(\.endpoint), requested: machine.spec.failureDomain, providerID: nil)
+            }
+        }
+        guard let host else {
             return try await fail(m, reason: "InvalidConfiguration", message: "the MicrovmCluster's placement has no hosts")
         }
         let agent = try agents.client(endpoint: host, token: token(host))
-        var vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: existing?.uid)
+        if vm == nil {
+            do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: existing?.uid) } catch let e as RPCError where e.code == .unavailable {
+                // The host is down: say so, keep the machine as it is, look again later.
+                try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "Unknown", severity: "Warning", reason: "HostUnreachable", message: "host \(host): \(e.message)")) }
+                return .requeue(after: pendingRequeue)
+            }
+        }
         if vm == nil {
             let secret = try await kube.get(Secret.self, name: secretName, namespace: namespace)
             guard let data = secret.data?["value"] else {
@@ -115,6 +152,21 @@ public struct MachineReconciler: Sendable {
             m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: try JSONSerialization.data(withJSONObject: ["spec": ["providerID": providerID]]))
         }
         return try await reportState(m, vm: vm)
+    }
+
+    /// Dynamic placement: the scheduler over the pool's hosts, spreading the cluster's machines
+    /// (control-plane machines over failure domains) and preferring the least-loaded host.
+    func schedule(_ m: MicrovmMachine, machine: Machine, hosts: [MicrovmHost], namespace: String) async throws -> PlacementDecision {
+        let clusterLabel = "\(ClusterAPIGroup.clusterNameLabel)=\(machine.spec.clusterName)"
+        let controlPlaneMachines = Set(try await kube.list(Machine.self, namespace: namespace, labelSelector: clusterLabel).items
+            .filter(\.isControlPlane).compactMap { $0.spec.infrastructureRef?.name ?? $0.metadata.name })
+        let byEndpoint = Dictionary(hosts.map { ($0.spec.endpoint, $0.metadata.name ?? $0.spec.endpoint) }, uniquingKeysWith: { a, _ in a })
+        let placed = try await kube.list(MicrovmMachine.self, namespace: namespace, labelSelector: clusterLabel).items.compactMap { other -> PlacedMachine? in
+            guard other.metadata.uid != m.metadata.uid, let host = other.spec.providerID.flatMap(ProviderID.init)?.host, let name = byEndpoint[host] else { return nil }
+            return PlacedMachine(host: name, isControlPlane: controlPlaneMachines.contains(other.metadata.name ?? ""))
+        }
+        let request = PlacementRequest(machineName: m.metadata.name ?? "", isControlPlane: machine.isControlPlane, vcpu: m.spec.vcpu, memoryMB: m.spec.memoryMb, placed: placed)
+        return Scheduler.place(request, on: hosts.map(HostReconciler.candidate))
     }
 
     /// The machine's VM on `agent`: by uid when known, else by namespace and name with the machine's uid label.

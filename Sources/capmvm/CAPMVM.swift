@@ -28,10 +28,11 @@ struct CAPMVM: AsyncParsableCommand {
     @Option(name: .customLong("metrics-bind-addr"), help: "Address of /metrics (Prometheus); empty disables it.") var metricsBindAddr = ":8080"
     @Option(name: .customLong("microvm-concurrency"), help: "MicrovmMachines reconciled at the same time.") var microvmConcurrency = 10
     @Option(name: .customLong("microvm-cluster-concurrency"), help: "MicrovmClusters reconciled at the same time.") var microvmClusterConcurrency = 10
+    @Option(name: .customLong("host-probe-interval"), help: "Seconds between capacity and health probes of each MicrovmHost's agent.") var hostProbeInterval = 30
     @Flag(help: "Log at debug level.") var debug = false
 
     func validate() throws {
-        guard syncPeriod > 0 else { throw ValidationError("--sync-period must be positive") }
+        guard syncPeriod > 0, hostProbeInterval > 0 else { throw ValidationError("--sync-period and --host-probe-interval must be positive") }
         guard (1...1000).contains(microvmConcurrency), (1...1000).contains(microvmClusterConcurrency) else {
             throw ValidationError("--microvm-concurrency and --microvm-cluster-concurrency must be 1-1000")
         }
@@ -65,6 +66,7 @@ struct CAPMVM: AsyncParsableCommand {
         settings.syncPeriod = .seconds(syncPeriod)
         settings.machineConcurrency = microvmConcurrency
         settings.clusterConcurrency = microvmClusterConcurrency
+        settings.hostProbeInterval = .seconds(hostProbeInterval)
         let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: logger)
 
         let health = try await HTTPEndpoints.start(address: healthAddr) { path in

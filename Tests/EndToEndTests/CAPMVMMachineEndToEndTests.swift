@@ -7,6 +7,7 @@ import HostSystem
 import KubernetesClient
 import KubernetesTestServer
 import Logging
+import Placement
 import Testing
 import TestSupport
 
@@ -245,4 +246,98 @@ func waitReady(_ kube: KubernetesClient, ns: String, name: String, timeout: Dura
         m = try await kube.get(MicrovmMachine.self, name: name, namespace: ns)
     }
     return m
+}
+
+/// Dynamic placement over MicrovmHosts: three real agents.
+@Suite("capmvm dynamic placement", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd, QEMU and TAP (always runs in CI)"))
+struct CAPMVMPlacementEndToEndTests {
+    @Test("1 control plane + 3 workers over 3 hosts spread by the scheduler; a host stopped mid-way is marked unreachable, its machines say so, new machines avoid it")
+    func spreadAndHostLoss() async throws {
+        let env = try await TestEnvironment.shared()
+        let server = try await TestAPIServer.start()
+        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+        let agents = AgentConnections()
+        let hosts = try (0..<3).map { _ in try AgentProcess(environment: env) }
+        defer { agents.closeAll() }
+        do {
+            for h in hosts { try await h.start() }
+            let ns = "fleet"
+            for (i, h) in hosts.enumerated() {
+                _ = try await kube.create(MicrovmHost(metadata: ObjectMeta(name: "h\(i)", namespace: ns, labels: ["site": "edge"]),
+                                                      spec: .init(endpoint: h.address, failureDomain: "rack-\(i)")))
+            }
+            var settings = ControllerSettings()
+            settings.namespace = ns
+            settings.pendingRequeue = .seconds(1)
+            settings.hostProbeInterval = .seconds(1)
+            let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
+            let running = Task { await manager.run() }
+            defer { running.cancel() }
+            // The hosts' status comes from their agents.
+            try await eventually("all hosts reachable") {
+                try await kube.list(MicrovmHost.self, namespace: ns).items.allSatisfy { $0.status?.reachable == true && ($0.status?.vcpus ?? 0) > 0 }
+            }
+
+            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "fleet", namespace: ns), spec: .init(
+                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.90", port: 6443), placement: .init(dynamicPool: .init(hostSelector: ["site": "edge"])))))
+            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "fleet", namespace: ns)))
+            _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"fleet"}},"status":{}}"#.utf8))
+            _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+            func addMachine(_ name: String, controlPlane: Bool) async throws -> String {
+                var labels = [ClusterAPIGroup.clusterNameLabel: "fleet"]
+                if controlPlane { labels[ClusterAPIGroup.controlPlaneLabel] = "" }
+                _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
+                let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: labels), spec: .init(clusterName: "fleet", bootstrap: .init(dataSecretName: "\(name)-bootstrap"))))
+                _ = try await kube.mergePatch(Machine.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)"}}}"#.utf8))
+                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                               kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                               networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: name, namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "fleet"], ownerReferences: [
+                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: name, uid: machine.metadata.uid ?? "")]), spec: spec))
+                var host = ""
+                try await eventually("\(name) placed") {
+                    host = try await kube.get(MicrovmMachine.self, name: name, namespace: ns).spec.providerID.flatMap(ProviderID.init)?.host ?? ""
+                    return !host.isEmpty
+                }
+                return host
+            }
+            var placed: [String: String] = [:]
+            placed["cp-0"] = try await addMachine("cp-0", controlPlane: true)
+            for w in ["w-0", "w-1", "w-2"] { placed[w] = try await addMachine(w, controlPlane: false) }
+            let counts = Dictionary(grouping: placed.values, by: { $0 }).mapValues(\.count)
+            #expect(counts.count == 3 && counts.values.sorted() == [1, 1, 2], "spread over all three hosts: \(placed)")
+            #expect(Set([placed["cp-0"], placed["w-0"], placed["w-1"]]).count == 3, "the first three machines on distinct hosts: \(placed)")
+
+            // Stop the agent under w-0.
+            let lost = try #require(hosts.first { $0.address == placed["w-0"] })
+            lost.kill(SIGKILL)
+            try await eventually("the host is marked unreachable") {
+                try await kube.list(MicrovmHost.self, namespace: ns).items.first { $0.spec.endpoint == lost.address }?.status?.reachable == false
+            }
+            try await eventually("w-0 says its host is unreachable") {
+                try await kube.get(MicrovmMachine.self, name: "w-0", namespace: ns).status?.conditions?.contains { $0.reason == "HostUnreachable" } == true
+            }
+            let w3 = try await addMachine("w-3", controlPlane: false)
+            #expect(w3 != lost.address, "a new machine avoids the unreachable host")
+
+            // Bring the host back so that everything is cleaned up through the API.
+            try await lost.start()
+        } catch {
+            for h in hosts { await h.cleanUp() }
+            throw error
+        }
+        for h in hosts { await h.cleanUp() }
+        try await kube.shutdown()
+        try await server.stop()
+    }
+}
+
+/// Polls `condition` until it holds (or fails after `timeout`).
+func eventually(_ what: String, timeout: Duration = .seconds(90), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(300))
+    }
+    throw TestEnvironmentError("timed out waiting for: \(what)")
 }
