@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "lmctl", targets: ["lmctl"]),
         .executable(name: "lm-bench", targets: ["lm-bench"]),
         .executable(name: "capmvm", targets: ["capmvm"]),
+        .executable(name: "capmvm-bench", targets: ["capmvm-bench"]),
         .library(name: "AgentClient", targets: ["AgentClient"]),
     ],
     dependencies: [
@@ -176,6 +177,13 @@ let package = Package(
                 "CAPMVMController", "KubernetesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "capmvm-bench",
+            dependencies: [
+                "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", "Placement", "AgentClient", "HostSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
