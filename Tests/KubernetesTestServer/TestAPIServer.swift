@@ -367,7 +367,8 @@ final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
                 buf.writeBytes(data)
                 context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
                 let keepAlive = head.isKeepAlive
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keepAlive { context.close(promise: nil) } }
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keepAlive { channel.close(promise: nil) } }
             }
         }
     }
