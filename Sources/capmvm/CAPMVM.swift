@@ -62,7 +62,7 @@ struct CAPMVM: AsyncParsableCommand {
         let agents = AgentConnections()
         var settings = ControllerSettings()
         settings.namespace = namespace
-        settings.watchFilter = watchFilter
+        settings.watchFilter = watchFilter.flatMap { $0.isEmpty ? nil : $0 }  // an empty filter (a template default) means none
         settings.syncPeriod = .seconds(syncPeriod)
         settings.machineConcurrency = microvmConcurrency
         settings.clusterConcurrency = microvmClusterConcurrency

@@ -203,3 +203,47 @@ struct CRDManifestTests {
         #expect(((hostItem["properties"] as? [String: Any])?["controlplaneAllowed"] as? [String: Any])?["default"] as? Bool == true)
     }
 }
+
+@Suite("provider manifests")
+struct ProviderManifestTests {
+    static let config = CRDManifestTests.directory.replacingOccurrences(of: "/crd/bases", with: "")
+
+    func documents(_ file: String) throws -> [[String: Any]] {
+        let text = try String(contentsOfFile: "\(Self.config)/\(file)", encoding: .utf8)
+        return try Yams.load_all(yaml: text).compactMap { $0 as? [String: Any] }
+    }
+
+    @Test("RBAC grants what capmvm does: its kinds and their status, the Cluster API objects and Secrets it reads, the leader Lease")
+    func rbac() throws {
+        let docs = try documents("rbac/role.yaml")
+        func rules(_ kind: String) -> [[String: Any]] { docs.filter { $0["kind"] as? String == kind }.flatMap { $0["rules"] as? [[String: Any]] ?? [] } }
+        func allowed(_ rules: [[String: Any]], _ r: ResourceType, sub: String? = nil, _ verbs: [String]) -> Bool {
+            let name = r.plural + (sub.map { "/\($0)" } ?? "")
+            return verbs.allSatisfy { verb in
+                rules.contains { ($0["apiGroups"] as? [String] ?? []).contains(r.group) && ($0["resources"] as? [String] ?? []).contains(name) && ($0["verbs"] as? [String] ?? []).contains(verb) }
+            }
+        }
+        let cluster = rules("ClusterRole")
+        for r in [MicrovmCluster.resource, MicrovmMachine.resource, MicrovmHost.resource] {
+            #expect(allowed(cluster, r, ["get", "list", "watch", "update", "patch"]), "\(r.plural)")
+            #expect(allowed(cluster, r, sub: "status", ["get", "update", "patch"]), "\(r.plural)/status")
+        }
+        for r in [Cluster.resource, Machine.resource, Secret.resource] { #expect(allowed(cluster, r, ["get", "list", "watch"]), "\(r.plural)") }
+        #expect(allowed(rules("Role"), Lease.resource, ["get", "create", "update"]), "leases")
+    }
+
+    @Test("infrastructure-components.yaml is current (scripts/build-components.sh) and holds what clusterctl installs")
+    func components() throws {
+        let docs = try documents("infrastructure-components.yaml")
+        let kinds = docs.map { "\($0["kind"] ?? "")/\((($0["metadata"] as? [String: Any])?["name"]) ?? "")" }
+        for expected in ["Namespace/capmvm-system", "Deployment/capmvm-controller-manager", "ClusterRole/capmvm-manager-role",
+                         "CustomResourceDefinition/microvmmachines.infrastructure.cluster.x-k8s.io", "CustomResourceDefinition/microvmhosts.infrastructure.cluster.x-k8s.io"] {
+            #expect(kinds.contains(expected), "\(expected) in \(kinds)")
+        }
+        let parts = try ["manager/manager.yaml", "rbac/role.yaml"].flatMap(documents)
+            + FileManager.default.contentsOfDirectory(atPath: "\(Self.config)/crd/bases").filter { $0.hasSuffix(".yaml") }.flatMap { try documents("crd/bases/\($0)") }
+        #expect(docs.count == parts.count, "every document of config/ is in the components file: run scripts/build-components.sh")
+        let meta = try documents("metadata.yaml").first
+        #expect(meta?["kind"] as? String == "Metadata" && ((meta?["releaseSeries"] as? [[String: Any]])?.first?["contract"] as? String) == "v1beta1")
+    }
+}
