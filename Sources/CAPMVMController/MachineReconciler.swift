@@ -61,11 +61,18 @@ public struct MachineReconciler: Sendable {
             logger.debug("waiting for the owner Machine", metadata: ["microvmmachine": "\(namespace)/\(name)"])
             return m.metadata.deletionTimestamp != nil ? try await finishDelete(m) : .done
         }
-        let machine = try await kube.get(Machine.self, name: ownerName, namespace: namespace)
-        let cluster = try await kube.get(Cluster.self, name: machine.spec.clusterName, namespace: namespace)
-        if cluster.spec?.paused == true { return .done }
-        guard let infraName = cluster.spec?.infrastructureRef?.name else { return .requeue(after: .seconds(10)) }
-        let mvmCluster = try await kube.get(MicrovmCluster.self, name: infraName, namespace: namespace)
+        let machine: Machine, cluster: Cluster, mvmCluster: MicrovmCluster
+        do {
+            machine = try await kube.get(Machine.self, name: ownerName, namespace: namespace)
+            cluster = try await kube.get(Cluster.self, name: machine.spec.clusterName, namespace: namespace)
+            if cluster.spec?.paused == true { return .done }
+            guard let infraName = cluster.spec?.infrastructureRef?.name else { return .requeue(after: .seconds(10)) }
+            mvmCluster = try await kube.get(MicrovmCluster.self, name: infraName, namespace: namespace)
+        } catch let e as KubernetesAPIError where e.isNotFound && m.metadata.deletionTimestamp != nil {
+            // Being deleted after its Machine or cluster objects went: remove the VM its providerID
+            // names (without the cluster's credentials), then the finalizer.
+            return try await reconcileDelete(m, hosts: [], token: { _ in nil })
+        }
         let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
         var tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
         // A dynamic pool: the MicrovmHosts matching the selector, with their own credentials.

@@ -18,202 +18,197 @@ struct CAPMVMMachineEndToEndTests {
     @Test("create as Cluster API would → the VM on the host with CAPMVM's metadata → providerID, ready, addresses; a lost providerID does not duplicate; delete → VM gone, finalizer removed")
     func machineLifecycle() async throws {
         let env = try await TestEnvironment.shared()
-        let server = try await TestAPIServer.start()
-        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
-        let agents = AgentConnections()
-        defer { agents.closeAll() }
-        try await withAgent(env) { agent in
-            let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
-            let ns = "default"
-            // The objects Cluster API and the kubeadm bootstrap provider would have made.
-            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "mvm", namespace: ns), spec: .init(
-                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443),
-                sshPublicKeys: [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAcluster"])],
-                placement: .init(staticPool: .init(hosts: [.init(endpoint: agent.address)])))))
-            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "mvm", namespace: ns),
-                                              spec: .init(controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443), infrastructureRef: nil)))
-            _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"mvm"}}}"#.utf8))
-            _ = try await kube.create(Secret(metadata: ObjectMeta(name: "m1-bootstrap", namespace: ns), type: "cluster.x-k8s.io/secret",
-                                             data: ["value": Data("#cloud-config\nruncmd: [echo kubeadm]\n".utf8)]))
-            let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "m1", namespace: ns, labels: ["cluster.x-k8s.io/cluster-name": "mvm"]),
-                                                        spec: .init(clusterName: "mvm", bootstrap: .init(dataSecretName: "m1-bootstrap"))))
-            var spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
-                                           kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
-                                           networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap", address: .init(address: "10.97.0.61/24", gateway: nil, nameservers: nil))])
-            spec.kernelCmdline = ["lm_ip": "10.97.0.61/24"]
-            spec.sshPublicKeys = [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAmachine"])]
-            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m1", namespace: ns, ownerReferences: [
-                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m1", uid: machine.metadata.uid ?? "")]), spec: spec))
+        try await withTestAPI { server, kube in
+            let agents = AgentConnections()
+            defer { agents.closeAll() }
+            try await withAgent(env) { agent in
+                let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
+                let ns = "default"
+                // The objects Cluster API and the kubeadm bootstrap provider would have made.
+                _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "mvm", namespace: ns), spec: .init(
+                    controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443),
+                    sshPublicKeys: [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAcluster"])],
+                    placement: .init(staticPool: .init(hosts: [.init(endpoint: agent.address)])))))
+                _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "mvm", namespace: ns),
+                                                  spec: .init(controlPlaneEndpoint: APIEndpoint(host: "10.97.0.60", port: 6443), infrastructureRef: nil)))
+                _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"mvm"}}}"#.utf8))
+                _ = try await kube.create(Secret(metadata: ObjectMeta(name: "m1-bootstrap", namespace: ns), type: "cluster.x-k8s.io/secret",
+                                                 data: ["value": Data("#cloud-config\nruncmd: [echo kubeadm]\n".utf8)]))
+                let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "m1", namespace: ns, labels: ["cluster.x-k8s.io/cluster-name": "mvm"]),
+                                                            spec: .init(clusterName: "mvm", bootstrap: .init(dataSecretName: "m1-bootstrap"))))
+                var spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                               kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                               networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap", address: .init(address: "10.97.0.61/24", gateway: nil, nameservers: nil))])
+                spec.kernelCmdline = ["lm_ip": "10.97.0.61/24"]
+                spec.sshPublicKeys = [SSHPublicKey(user: "root", authorizedKeys: ["ssh-ed25519 AAAAmachine"])]
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m1", namespace: ns, ownerReferences: [
+                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m1", uid: machine.metadata.uid ?? "")]), spec: spec))
 
-            // Not before the cluster's infrastructure is ready.
-            #expect(try await reconciler.reconcile(namespace: ns, name: "m1") == .done)
-            let waiting = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
-            #expect(waiting.status?.conditions?.first?.reason == "WaitingForClusterInfra")
-            let client = try agent.client()
-            defer { client.close() }
-            #expect(try await client.list().isEmpty)
-            _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+                // Not before the cluster's infrastructure is ready.
+                #expect(try await reconciler.reconcile(namespace: ns, name: "m1") == .done)
+                let waiting = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+                #expect(waiting.status?.conditions?.first?.reason == "WaitingForClusterInfra")
+                let client = try agent.client()
+                defer { client.close() }
+                #expect(try await client.list().isEmpty)
+                _ = try await kube.mergePatch(Cluster.self, name: "mvm", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
 
-            // Created on the host, with CAPMVM's request.
-            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
-            let vms = try await client.list()
-            try #require(vms.count == 1)
-            let vm = vms[0]
-            #expect(vm.spec.id == "m1" && vm.spec.namespace == ns && vm.spec.labels["cluster-name"] == "mvm")
-            #expect(vm.spec.kernel.addNetworkConfig)
-            func doc(_ k: String) -> String { String(decoding: Data(base64Encoded: vm.spec.metadata[k] ?? "") ?? Data(), as: UTF8.self) }
-            #expect(doc("user-data") == "#cloud-config\nruncmd: [echo kubeadm]\n")
-            #expect(doc("meta-data").contains("vm_host: \(agent.address)") && doc("meta-data").contains("local_hostname: m1") && doc("meta-data").contains("platform: liquid_metal"))
-            #expect(doc("vendor-data").contains("AAAAmachine") && !doc("vendor-data").contains("AAAAcluster"), "the machine's keys win for the same user")
-            var m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
-            #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
-            #expect(m.metadata.finalizers == [InfrastructureGroup.machineFinalizer])
+                // Created on the host, with CAPMVM's request.
+                _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+                let vms = try await client.list()
+                try #require(vms.count == 1)
+                let vm = vms[0]
+                #expect(vm.spec.id == "m1" && vm.spec.namespace == ns && vm.spec.labels["cluster-name"] == "mvm")
+                #expect(vm.spec.kernel.addNetworkConfig)
+                func doc(_ k: String) -> String { String(decoding: Data(base64Encoded: vm.spec.metadata[k] ?? "") ?? Data(), as: UTF8.self) }
+                #expect(doc("user-data") == "#cloud-config\nruncmd: [echo kubeadm]\n")
+                #expect(doc("meta-data").contains("vm_host: \(agent.address)") && doc("meta-data").contains("local_hostname: m1") && doc("meta-data").contains("platform: liquid_metal"))
+                #expect(doc("vendor-data").contains("AAAAmachine") && !doc("vendor-data").contains("AAAAcluster"), "the machine's keys win for the same user")
+                var m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+                #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
+                #expect(m.metadata.finalizers == [InfrastructureGroup.machineFinalizer])
 
-            // Running → ready, with its addresses.
-            _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(120)) { $0.status.state == .created }
-            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
-            m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
-            #expect(m.status?.ready == true && m.status?.vmState == "running")
-            #expect(m.status?.addresses?.contains(MachineAddress(type: "InternalIP", address: "10.97.0.61")) == true, "\(String(describing: m.status?.addresses))")
-            #expect(m.status?.conditions?.first { $0.type == "MicrovmReady" }?.status == "True")
+                // Running → ready, with its addresses.
+                _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(120)) { $0.status.state == .created }
+                _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+                m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
+                #expect(m.status?.ready == true && m.status?.vmState == "running")
+                #expect(m.status?.addresses?.contains(MachineAddress(type: "InternalIP", address: "10.97.0.61")) == true, "\(String(describing: m.status?.addresses))")
+                #expect(m.status?.conditions?.first { $0.type == "MicrovmReady" }?.status == "True")
 
-            // The providerID patch "lost" (as after a failed patch): the VM is found again, not created twice.
-            _ = try await kube.mergePatch(MicrovmMachine.self, name: "m1", namespace: ns, patch: Data(#"{"spec":{"providerID":null}}"#.utf8))
-            _ = try await reconciler.reconcile(namespace: ns, name: "m1")
-            #expect(try await client.list().count == 1)
-            #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
+                // The providerID patch "lost" (as after a failed patch): the VM is found again, not created twice.
+                _ = try await kube.mergePatch(MicrovmMachine.self, name: "m1", namespace: ns, patch: Data(#"{"spec":{"providerID":null}}"#.utf8))
+                _ = try await reconciler.reconcile(namespace: ns, name: "m1")
+                #expect(try await client.list().count == 1)
+                #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
 
-            // Delete: the finalizer holds the object until the VM is gone.
-            try await kube.delete(MicrovmMachine.self, name: "m1", namespace: ns)
-            #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).metadata.deletionTimestamp != nil)
-            var rounds = 0
-            while case .requeue = try await reconciler.reconcile(namespace: ns, name: "m1"), rounds < 60 {
-                rounds += 1
-                try await Task.sleep(for: .milliseconds(500))
+                // Delete the owner Machine: garbage collection deletes the MicrovmMachine, whose finalizer
+                // holds it until the VM (found by providerID, its Machine being gone) is deleted.
+                try await kube.delete(Machine.self, name: "m1", namespace: ns)
+                #expect(try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns).metadata.deletionTimestamp != nil)
+                var rounds = 0
+                while case .requeue = try await reconciler.reconcile(namespace: ns, name: "m1"), rounds < 60 {
+                    rounds += 1
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+                #expect(try await client.list().isEmpty, "the VM is deleted from the host")
+                await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
+
+                // A machine whose VM never existed deletes cleanly (CAPMVM #190).
+                let m2owner = try await kube.create(Machine(metadata: ObjectMeta(name: "m2", namespace: ns), spec: .init(clusterName: "mvm", bootstrap: .init())))
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m2", namespace: ns, finalizers: [InfrastructureGroup.machineFinalizer], ownerReferences: [
+                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m2", uid: m2owner.metadata.uid ?? "")]), spec: spec))
+                try await kube.delete(MicrovmMachine.self, name: "m2", namespace: ns)
+                #expect(try await reconciler.reconcile(namespace: ns, name: "m2") == .done)
+                await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m2", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
             }
-            #expect(try await client.list().isEmpty, "the VM is deleted from the host")
-            await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
-
-            // A machine whose VM never existed deletes cleanly (CAPMVM #190).
-            let m2owner = try await kube.create(Machine(metadata: ObjectMeta(name: "m2", namespace: ns), spec: .init(clusterName: "mvm", bootstrap: .init())))
-            _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m2", namespace: ns, finalizers: [InfrastructureGroup.machineFinalizer], ownerReferences: [
-                OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m2", uid: m2owner.metadata.uid ?? "")]), spec: spec))
-            try await kube.delete(MicrovmMachine.self, name: "m2", namespace: ns)
-            #expect(try await reconciler.reconcile(namespace: ns, name: "m2") == .done)
-            await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m2", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
         }
-        try await kube.shutdown()
-        try await server.stop()
     }
 
     @Test("the controller manager: objects created as Cluster API would → VM created and machine ready, cluster ready with failure domains; delete → VM gone")
     func managerLoop() async throws {
         let env = try await TestEnvironment.shared()
-        let server = try await TestAPIServer.start()
-        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
-        let agents = AgentConnections()
-        defer { agents.closeAll() }
-        try await withAgent(env) { agent in
-            var settings = ControllerSettings()
-            settings.namespace = "team-a"
-            settings.machineConcurrency = 2
-            let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
-            let running = Task { await manager.run() }
-            defer { running.cancel() }
-            let ns = "team-a"
-            let name = try await clusterWithMachine(kube, ns: ns, name: "edge", host: agent.address, env: env)
-            let client = try agent.client()
-            defer { client.close() }
-            let m = try await waitReady(kube, ns: ns, name: name, timeout: .seconds(120))
-            #expect(m.status?.ready == true && m.status?.vmState == "running", "\(String(describing: m.status))")
-            #expect(try await client.list().count == 1)
-            let c = try await kube.get(MicrovmCluster.self, name: "edge", namespace: ns)
-            #expect(c.status?.ready == true && c.status?.failureDomains?[agent.address]?.controlPlane == true)
-            #expect(c.status?.conditions?.first { $0.type == "LoadBalancerAvailable" }?.reason == "LoadBalancerNotAvailable", "nothing serves on the endpoint")
+        try await withTestAPI { server, kube in
+            let agents = AgentConnections()
+            defer { agents.closeAll() }
+            try await withAgent(env) { agent in
+                var settings = ControllerSettings()
+                settings.namespace = "team-a"
+                settings.machineConcurrency = 2
+                let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
+                let running = Task { await manager.run() }
+                defer { running.cancel() }
+                let ns = "team-a"
+                let name = try await clusterWithMachine(kube, ns: ns, name: "edge", host: agent.address, env: env)
+                let client = try agent.client()
+                defer { client.close() }
+                let m = try await waitReady(kube, ns: ns, name: name, timeout: .seconds(120))
+                #expect(m.status?.ready == true && m.status?.vmState == "running", "\(String(describing: m.status))")
+                #expect(try await client.list().count == 1)
+                let c = try await kube.get(MicrovmCluster.self, name: "edge", namespace: ns)
+                #expect(c.status?.ready == true && c.status?.failureDomains?[agent.address]?.controlPlane == true)
+                #expect(c.status?.conditions?.first { $0.type == "LoadBalancerAvailable" }?.reason == "LoadBalancerNotAvailable", "nothing serves on the endpoint")
 
-            try await kube.delete(MicrovmMachine.self, name: name, namespace: ns)
-            let deadline = ContinuousClock.now + .seconds(60)
-            var gone = false
-            while !gone, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(500))
-                do { _ = try await kube.get(MicrovmMachine.self, name: name, namespace: ns) } catch let e as KubernetesAPIError where e.isNotFound { gone = true }
+                try await kube.delete(MicrovmMachine.self, name: name, namespace: ns)
+                let deadline = ContinuousClock.now + .seconds(60)
+                var gone = false
+                while !gone, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(500))
+                    do { _ = try await kube.get(MicrovmMachine.self, name: name, namespace: ns) } catch let e as KubernetesAPIError where e.isNotFound { gone = true }
+                }
+                #expect(gone, "the finalizer is removed once the VM is gone")
+                #expect(try await client.list().isEmpty)
             }
-            #expect(gone, "the finalizer is removed once the VM is gone")
-            #expect(try await client.list().isEmpty)
         }
-        try await kube.shutdown()
-        try await server.stop()
     }
 
     @Test("the capmvm executable: kubeconfig, readiness, metrics; with --leader-elect one of two replicas works and the other takes over when it stops")
     func executable() async throws {
         let env = try await TestEnvironment.shared()
-        let server = try await TestAPIServer.start()
-        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
-        let dir = "/tmp/lm-capmvm-\(UUID().uuidString.prefix(6))"
-        try HostFiles.createDirectory(dir)
-        defer { try? HostFiles.remove(dir) }
-        try Data("""
-            apiVersion: v1
-            kind: Config
-            current-context: test
-            clusters: [{name: test, cluster: {server: "\(server.server)"}}]
-            users: [{name: test, user: {token: test-token}}]
-            contexts: [{name: test, context: {cluster: test, user: test}}]
-            """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeconfig"))
-        func start(_ name: String, health: Int, metrics: Int) throws -> pid_t {
-            let log = open("\(dir)/\(name).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            defer { close(log) }
-            return try HostProcess.spawn(["\(TestEnvironment.productsDirectory)/capmvm", "--kubeconfig", "\(dir)/kubeconfig", "--leader-elect",
-                                          "--health-addr", "127.0.0.1:\(health)", "--metrics-bind-addr", "127.0.0.1:\(metrics)", "--namespace", "team-b"],
-                                         stdout: log, stderr: log)
-        }
-        func get(_ url: String) async -> String? { try? await HostProcess.run(["curl", "-sf", "-m", "3", url]) }
-        let a = try start("a", health: 19441, metrics: 19481)
-        try await Task.sleep(for: .seconds(1))
-        let b = try start("b", health: 19442, metrics: 19482)
-        defer { for p in [a, b] { kill(p, SIGKILL); _ = HostProcess.waitFor(p) } }
-
-        try await withAgent(env) { agent in
-            var ready = false
-            for _ in 0..<50 where !ready {
-                ready = await get("http://127.0.0.1:19441/readyz") != nil
-                if !ready { try await Task.sleep(for: .milliseconds(200)) }
+        try await withTestAPI { server, kube in
+            let dir = "/tmp/lm-capmvm-\(UUID().uuidString.prefix(6))"
+            try HostFiles.createDirectory(dir)
+            defer { try? HostFiles.remove(dir) }
+            try Data("""
+                apiVersion: v1
+                kind: Config
+                current-context: test
+                clusters: [{name: test, cluster: {server: "\(server.server)"}}]
+                users: [{name: test, user: {token: test-token}}]
+                contexts: [{name: test, context: {cluster: test, user: test}}]
+                """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeconfig"))
+            func start(_ name: String, health: Int, metrics: Int) throws -> pid_t {
+                let log = open("\(dir)/\(name).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+                defer { close(log) }
+                return try HostProcess.spawn(["\(TestEnvironment.productsDirectory)/capmvm", "--kubeconfig", "\(dir)/kubeconfig", "--leader-elect",
+                                              "--health-addr", "127.0.0.1:\(health)", "--metrics-bind-addr", "127.0.0.1:\(metrics)", "--namespace", "team-b"],
+                                             stdout: log, stderr: log)
             }
-            #expect(ready, "the leader's caches sync: \(String(decoding: HostFiles.tail("\(dir)/a.log", maxBytes: 2000) ?? Data(), as: UTF8.self))")
-            #expect(await get("http://127.0.0.1:19442/healthz") == "ok\n", "the standby is alive")
-            #expect(await get("http://127.0.0.1:19442/readyz") == nil, "the standby has not synced: it is not leading")
-            let lease = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
-            #expect(lease.spec?.holderIdentity?.isEmpty == false)
+            func get(_ url: String) async -> String? { try? await HostProcess.run(["curl", "-sf", "-m", "3", url]) }
+            let a = try start("a", health: 19441, metrics: 19481)
+            try await Task.sleep(for: .seconds(1))
+            let b = try start("b", health: 19442, metrics: 19482)
+            defer { for p in [a, b] { kill(p, SIGKILL); _ = HostProcess.waitFor(p) } }
 
-            // The leader reconciles a machine.
-            let ns = "team-b"
-            let mvm = try await clusterWithMachine(kube, ns: ns, name: "exe", host: agent.address, env: env)
-            let m = try await waitReady(kube, ns: ns, name: mvm, timeout: .seconds(120))
-            #expect(m.status?.ready == true, "\(String(describing: m.status))")
-            let metrics = await get("http://127.0.0.1:19481/metrics") ?? ""
-            #expect(metrics.contains("capmvm_reconcile_total") && metrics.contains("controller=\"MicrovmMachine\""), "\(metrics.prefix(600))")
+            try await withAgent(env) { agent in
+                var ready = false
+                for _ in 0..<50 where !ready {
+                    ready = await get("http://127.0.0.1:19441/readyz") != nil
+                    if !ready { try await Task.sleep(for: .milliseconds(200)) }
+                }
+                #expect(ready, "the leader's caches sync: \(String(decoding: HostFiles.tail("\(dir)/a.log", maxBytes: 2000) ?? Data(), as: UTF8.self))")
+                #expect(await get("http://127.0.0.1:19442/healthz") == "ok\n", "the standby is alive")
+                #expect(await get("http://127.0.0.1:19442/readyz") == nil, "the standby has not synced: it is not leading")
+                let lease = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
+                #expect(lease.spec?.holderIdentity?.isEmpty == false)
 
-            // The leader stops (SIGTERM releases the lease): the standby takes over and keeps reconciling.
-            kill(a, SIGTERM)
-            #expect(HostProcess.waitFor(a) == .exited(0))
-            var took = false
-            for _ in 0..<50 where !took {
-                took = await get("http://127.0.0.1:19442/readyz") != nil
-                if !took { try await Task.sleep(for: .milliseconds(200)) }
+                // The leader reconciles a machine.
+                let ns = "team-b"
+                let mvm = try await clusterWithMachine(kube, ns: ns, name: "exe", host: agent.address, env: env)
+                let m = try await waitReady(kube, ns: ns, name: mvm, timeout: .seconds(120))
+                #expect(m.status?.ready == true, "\(String(describing: m.status))")
+                let metrics = await get("http://127.0.0.1:19481/metrics") ?? ""
+                #expect(metrics.contains("capmvm_reconcile_total") && metrics.contains("controller=\"MicrovmMachine\""), "\(metrics.prefix(600))")
+
+                // The leader stops (SIGTERM releases the lease): the standby takes over and keeps reconciling.
+                kill(a, SIGTERM)
+                #expect(HostProcess.waitFor(a) == .exited(0))
+                var took = false
+                for _ in 0..<50 where !took {
+                    took = await get("http://127.0.0.1:19442/readyz") != nil
+                    if !took { try await Task.sleep(for: .milliseconds(200)) }
+                }
+                #expect(took, "the standby became the leader within 10 s (the stopped leader released its lease)")
+                let released = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
+                #expect(released.spec?.holderIdentity != lease.spec?.holderIdentity && (released.spec?.leaseTransitions ?? 0) >= 1)
+                try await kube.delete(MicrovmMachine.self, name: mvm, namespace: ns)
+                let client = try agent.client()
+                defer { client.close() }
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline, try await !client.list().isEmpty { try await Task.sleep(for: .milliseconds(500)) }
+                #expect(try await client.list().isEmpty, "the new leader deleted the VM")
             }
-            #expect(took, "the standby became the leader within 10 s (the stopped leader released its lease)")
-            let released = try await kube.get(Lease.self, name: "capmvm-leader-election", namespace: "capmvm-system")
-            #expect(released.spec?.holderIdentity != lease.spec?.holderIdentity && (released.spec?.leaseTransitions ?? 0) >= 1)
-            try await kube.delete(MicrovmMachine.self, name: mvm, namespace: ns)
-            let client = try agent.client()
-            defer { client.close() }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while ContinuousClock.now < deadline, try await !client.list().isEmpty { try await Task.sleep(for: .milliseconds(500)) }
-            #expect(try await client.list().isEmpty, "the new leader deleted the VM")
         }
-        try await kube.shutdown()
-        try await server.stop()
     }
 }
 
@@ -254,81 +249,79 @@ struct CAPMVMPlacementEndToEndTests {
     @Test("1 control plane + 3 workers over 3 hosts spread by the scheduler; a host stopped mid-way is marked unreachable, its machines say so, new machines avoid it")
     func spreadAndHostLoss() async throws {
         let env = try await TestEnvironment.shared()
-        let server = try await TestAPIServer.start()
-        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
-        let agents = AgentConnections()
-        let hosts = try (0..<3).map { _ in try AgentProcess(environment: env) }
-        defer { agents.closeAll() }
-        do {
-            for h in hosts { try await h.start() }
-            let ns = "fleet"
-            for (i, h) in hosts.enumerated() {
-                _ = try await kube.create(MicrovmHost(metadata: ObjectMeta(name: "h\(i)", namespace: ns, labels: ["site": "edge"]),
-                                                      spec: .init(endpoint: h.address, failureDomain: "rack-\(i)")))
-            }
-            var settings = ControllerSettings()
-            settings.namespace = ns
-            settings.pendingRequeue = .seconds(1)
-            settings.hostProbeInterval = .seconds(1)
-            let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
-            let running = Task { await manager.run() }
-            defer { running.cancel() }
-            // The hosts' status comes from their agents.
-            try await eventually("all hosts reachable") {
-                try await kube.list(MicrovmHost.self, namespace: ns).items.allSatisfy { $0.status?.reachable == true && ($0.status?.vcpus ?? 0) > 0 }
-            }
-
-            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "fleet", namespace: ns), spec: .init(
-                controlPlaneEndpoint: APIEndpoint(host: "10.97.0.90", port: 6443), placement: .init(dynamicPool: .init(hostSelector: ["site": "edge"])))))
-            _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "fleet", namespace: ns)))
-            _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"fleet"}},"status":{}}"#.utf8))
-            _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
-            func addMachine(_ name: String, controlPlane: Bool) async throws -> String {
-                var labels = [ClusterAPIGroup.clusterNameLabel: "fleet"]
-                if controlPlane { labels[ClusterAPIGroup.controlPlaneLabel] = "" }
-                _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
-                let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: labels), spec: .init(clusterName: "fleet", bootstrap: .init(dataSecretName: "\(name)-bootstrap"))))
-                _ = try await kube.mergePatch(Machine.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)"}}}"#.utf8))
-                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
-                                               kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
-                                               networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
-                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: name, namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "fleet"], ownerReferences: [
-                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: name, uid: machine.metadata.uid ?? "")]), spec: spec))
-                var host = ""
-                try await eventually("\(name) placed") {
-                    host = try await kube.get(MicrovmMachine.self, name: name, namespace: ns).spec.providerID.flatMap(ProviderID.init)?.host ?? ""
-                    return !host.isEmpty
+        try await withTestAPI { server, kube in
+            let agents = AgentConnections()
+            let hosts = try (0..<3).map { _ in try AgentProcess(environment: env) }
+            defer { agents.closeAll() }
+            do {
+                for h in hosts { try await h.start() }
+                let ns = "fleet"
+                for (i, h) in hosts.enumerated() {
+                    _ = try await kube.create(MicrovmHost(metadata: ObjectMeta(name: "h\(i)", namespace: ns, labels: ["site": "edge"]),
+                                                          spec: .init(endpoint: h.address, failureDomain: "rack-\(i)")))
                 }
-                return host
-            }
-            var placed: [String: String] = [:]
-            placed["cp-0"] = try await addMachine("cp-0", controlPlane: true)
-            for w in ["w-0", "w-1", "w-2"] { placed[w] = try await addMachine(w, controlPlane: false) }
-            let counts = Dictionary(grouping: placed.values, by: { $0 }).mapValues(\.count)
-            #expect(counts.count == 3 && counts.values.sorted() == [1, 1, 2], "spread over all three hosts: \(placed)")
-            #expect(Set([placed["cp-0"], placed["w-0"], placed["w-1"]]).count == 3, "the first three machines on distinct hosts: \(placed)")
+                var settings = ControllerSettings()
+                settings.namespace = ns
+                settings.pendingRequeue = .seconds(1)
+                settings.hostProbeInterval = .seconds(1)
+                let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: Logger(label: "capmvm"))
+                let running = Task { await manager.run() }
+                defer { running.cancel() }
+                // The hosts' status comes from their agents.
+                try await eventually("all hosts reachable") {
+                    try await kube.list(MicrovmHost.self, namespace: ns).items.allSatisfy { $0.status?.reachable == true && ($0.status?.vcpus ?? 0) > 0 }
+                }
 
-            // Stop the agent under w-0.
-            let lost = try #require(hosts.first { $0.address == placed["w-0"] })
-            lost.kill(SIGKILL)
-            try await eventually("the host is marked unreachable") {
-                try await kube.list(MicrovmHost.self, namespace: ns).items.first { $0.spec.endpoint == lost.address }?.status?.reachable == false
-            }
-            try await eventually("w-0 says its host is unreachable") {
-                try await kube.get(MicrovmMachine.self, name: "w-0", namespace: ns).status?.conditions?.contains { $0.reason == "HostUnreachable" } == true
-            }
-            let w3 = try await addMachine("w-3", controlPlane: false)
-            #expect(w3 != lost.address, "a new machine avoids the unreachable host")
+                _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "fleet", namespace: ns), spec: .init(
+                    controlPlaneEndpoint: APIEndpoint(host: "10.97.0.90", port: 6443), placement: .init(dynamicPool: .init(hostSelector: ["site": "edge"])))))
+                _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "fleet", namespace: ns)))
+                _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"fleet"}},"status":{}}"#.utf8))
+                _ = try await kube.mergePatch(Cluster.self, name: "fleet", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+                func addMachine(_ name: String, controlPlane: Bool) async throws -> String {
+                    var labels = [ClusterAPIGroup.clusterNameLabel: "fleet"]
+                    if controlPlane { labels[ClusterAPIGroup.controlPlaneLabel] = "" }
+                    _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
+                    let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: labels), spec: .init(clusterName: "fleet", bootstrap: .init(dataSecretName: "\(name)-bootstrap"))))
+                    _ = try await kube.mergePatch(Machine.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)"}}}"#.utf8))
+                    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                                   kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                                   networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
+                    _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: name, namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "fleet"], ownerReferences: [
+                        OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: name, uid: machine.metadata.uid ?? "")]), spec: spec))
+                    var host = ""
+                    try await eventually("\(name) placed") {
+                        host = try await kube.get(MicrovmMachine.self, name: name, namespace: ns).spec.providerID.flatMap(ProviderID.init)?.host ?? ""
+                        return !host.isEmpty
+                    }
+                    return host
+                }
+                var placed: [String: String] = [:]
+                placed["cp-0"] = try await addMachine("cp-0", controlPlane: true)
+                for w in ["w-0", "w-1", "w-2"] { placed[w] = try await addMachine(w, controlPlane: false) }
+                let counts = Dictionary(grouping: placed.values, by: { $0 }).mapValues(\.count)
+                #expect(counts.count == 3 && counts.values.sorted() == [1, 1, 2], "spread over all three hosts: \(placed)")
+                #expect(Set([placed["cp-0"], placed["w-0"], placed["w-1"]]).count == 3, "the first three machines on distinct hosts: \(placed)")
 
-            // Bring the host back so that everything is cleaned up through the API.
-            try await lost.start()
-        } catch {
+                // Stop the agent under w-0.
+                let lost = try #require(hosts.first { $0.address == placed["w-0"] })
+                lost.kill(SIGKILL)
+                try await eventually("the host is marked unreachable") {
+                    try await kube.list(MicrovmHost.self, namespace: ns).items.first { $0.spec.endpoint == lost.address }?.status?.reachable == false
+                }
+                try await eventually("w-0 says its host is unreachable") {
+                    try await kube.get(MicrovmMachine.self, name: "w-0", namespace: ns).status?.conditions?.contains { $0.reason == "HostUnreachable" } == true
+                }
+                let w3 = try await addMachine("w-3", controlPlane: false)
+                #expect(w3 != lost.address, "a new machine avoids the unreachable host")
+
+                // Bring the host back so that everything is cleaned up through the API.
+                try await lost.start()
+            } catch {
+                for h in hosts { await h.cleanUp() }
+                throw error
+            }
             for h in hosts { await h.cleanUp() }
-            throw error
         }
-        for h in hosts { await h.cleanUp() }
-        try await kube.shutdown()
-        try await server.stop()
     }
 }
 
@@ -340,4 +333,17 @@ func eventually(_ what: String, timeout: Duration = .seconds(90), _ condition: (
         try await Task.sleep(for: .milliseconds(300))
     }
     throw TestEnvironmentError("timed out waiting for: \(what)")
+}
+
+/// Runs `body` with a fresh test API server and a client of it, and always stops both.
+func withTestAPI(_ body: (TestAPIServer, KubernetesClient) async throws -> Void) async throws {
+    let server = try await TestAPIServer.start()
+    let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+    do { try await body(server, kube) } catch {
+        try? await kube.shutdown()
+        try? await server.stop()
+        throw error
+    }
+    try await kube.shutdown()
+    try await server.stop()
 }
