@@ -22,6 +22,8 @@ public enum ImageRecipe: Sendable {
     case minimalRootfs
     /// A root filesystem from Debian packages (the `cloud` and `k8s-node` presets, or `--recipe`).
     case debianRootfs(RootfsRecipe)
+    /// One program and what it needs to run (a controller's container image).
+    case application(ApplicationImage)
 }
 
 /// A Debian kernel package by name (nil: the newest Debian 12 cloud kernel) or a local .deb.
@@ -69,6 +71,11 @@ public struct ImageBuilder: Sendable {
             labels["org.opencontainers.image.title"] = "Liquid Metal minimal root filesystem"
             progress("writing the minimal root filesystem")
             try await MinimalRootfs().write(to: stage)
+        case .application(let app):
+            labels["org.opencontainers.image.title"] = URL(fileURLWithPath: app.path).lastPathComponent
+            progress("staging \(app.binary) as \(app.path)")
+            let libraries = try await app.write(to: stage)
+            if !libraries.isEmpty { progress("the executable is dynamically linked: copied \(libraries.count) libraries (\(libraries.joined(separator: ", ")))") }
         case .debianRootfs(let recipe):
             labels["org.opencontainers.image.title"] = recipe.title
             labels["io.liquidmetal.rootfs.suite"] = recipe.suite
@@ -89,7 +96,14 @@ public struct ImageBuilder: Sendable {
         let metadata: TarWriter.ScannedMetadata
         if case .debianRootfs = recipe { metadata = .ownersAndCapabilities } else { metadata = .none }
         let layer = try writer.addLayer(fromDirectory: URL(fileURLWithPath: stage), epoch: epoch, metadata: metadata)
-        let config = ImageConfiguration(config: ContainerConfig(labels: labels), created: epoch.rfc3339, author: "lmctl image build")
+        var container = ContainerConfig(labels: labels)
+        if case .application(let app) = recipe {
+            container.entrypoint = [app.path]
+            container.cmd = app.arguments.isEmpty ? nil : app.arguments
+            container.user = app.user
+            container.env = ["PATH=/usr/local/bin:/usr/bin:/bin", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]
+        }
+        let config = ImageConfiguration(config: container, created: epoch.rfc3339, author: "lmctl image build")
         let manifest = try writer.writeImage(layers: [layer], config: config, tag: tag)
         progress("layer \(layer.descriptor.digest) (\(layer.descriptor.size) bytes), manifest \(manifest.digest)")
 

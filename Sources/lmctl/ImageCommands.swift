@@ -16,7 +16,7 @@ struct ImageBuild: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Build an image reproducibly (same inputs, same digest) and push it or write an OCI layout.",
-        subcommands: [BuildKernel.self, BuildKernelModules.self, BuildRootfs.self])
+        subcommands: [BuildKernel.self, BuildKernelModules.self, BuildRootfs.self, BuildApp.self])
 }
 
 /// Options every build shares: where the image goes and how.
@@ -157,6 +157,25 @@ struct BuildKernelModules: AsyncParsableCommand {
     @OptionGroup var output: BuildOutputOptions
     func validate() throws { try output.validateDestination() }
     func run() async throws { try await output.run(.kernelModules(kernel.source)) }
+}
+
+struct BuildApp: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "app",
+        abstract: "An image that runs one program, e.g. the capmvm controller: the executable as entrypoint, run as an unprivileged user.",
+        discussion: """
+            Holds the executable, the shared libraries ldd lists for it (none for a static binary), the host's CA bundle \
+            and /etc/passwd with user 65532. Example:
+              swift build -c release --product capmvm --static-swift-stdlib
+              lmctl image build app --binary .build/release/capmvm --tag registry.example.com/lm/capmvm:v0.1.0 --push
+            """)
+    @Option(help: "The executable to package.") var binary: String
+    @Option(help: "Its path in the image (the entrypoint). (default: /<file name>)") var path: String?
+    @Option(help: "uid:gid it runs as.") var user = "65532:65532"
+    @Option(name: .customLong("arg"), help: "An argument after the entrypoint (repeatable).") var arguments: [String] = []
+    @OptionGroup var output: BuildOutputOptions
+    func validate() throws { try output.validateDestination() }
+    func run() async throws { try await output.run(.application(ApplicationImage(binary: binary, path: path, user: user, arguments: arguments))) }
 }
 
 struct BuildRootfs: AsyncParsableCommand {

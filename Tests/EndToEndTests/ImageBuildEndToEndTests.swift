@@ -160,6 +160,27 @@ struct ImageBuildEndToEndTests {
         }
     }
 
+    @Test("an app image (the capmvm controller): entrypoint and unprivileged user in the config; the program runs from the image alone")
+    func appImage() async throws {
+        _ = try await TestEnvironment.shared()
+        let dir = "/tmp/lm-app-\(UUID().uuidString.prefix(6))"
+        defer { try? HostFiles.remove(dir) }
+        let out = try await lmctl(["image", "build", "app", "--binary", "\(TestEnvironment.productsDirectory)/capmvm", "--tag", "lm/capmvm:test", "--output", "oci-layout:\(dir)/layout"])
+        #expect(digest(out).hasPrefix("sha256:"))
+        let config = try await HostProcess.run(["skopeo", "inspect", "--config", "oci:\(dir)/layout:test"])
+        let c = try #require((try JSONSerialization.jsonObject(with: Data(config.utf8)) as? [String: Any])?["config"] as? [String: Any])
+        #expect(c["Entrypoint"] as? [String] == ["/capmvm"] && c["User"] as? String == "65532:65532")
+        // Run it from the extracted image only (with /proc, as a container runtime provides), as its user.
+        let root = "\(dir)/root"
+        try HostFiles.createDirectory("\(root)/proc")
+        try await HostProcess.run(["tar", "-xzf", try layerPath(layout: "\(dir)/layout"), "-C", root])
+        try await HostProcess.run(["mount", "-t", "proc", "proc", "\(root)/proc"])
+        let run = try? await HostProcess.runCapturing(["chroot", "--userspec=65532:65532", root, "/capmvm", "--kubeconfig", "/nonexistent"])
+        _ = try? await HostProcess.run(["umount", "\(root)/proc"])
+        let (status, text) = try #require(run)
+        #expect(status == .exited(64) && text.contains("kubeconfig /nonexistent cannot be read"), "the program starts and parses its flags: \(text)")
+    }
+
     /// The first layer blob of the only image in an OCI layout.
     func layerPath(layout dir: String) throws -> String {
         func json(_ path: String) throws -> [String: Any] {
