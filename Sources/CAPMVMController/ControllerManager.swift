@@ -177,6 +177,9 @@ public final class ControllerManager: Sendable {
                     result = "requeue"
                     queue.add(key, after: after)
                 }
+            } catch is CancellationError {
+                await queue.done(key)
+                return  // stopping
             } catch {
                 result = "error"
                 logger.warning("reconcile failed; retrying", metadata: ["kind": "\(kind)", "key": "\(key)", "error": "\(error)"])
