@@ -106,8 +106,11 @@ public struct MachineReconciler: Sendable {
         }
         // Where: the providerID's host; else a VM already made for this machine on any pool host (its
         // providerID was not recorded); else the static pool's choice or the scheduler's.
+        // The host chosen earlier is recorded (annotation) before the VM is created there, so that a
+        // crash or a lost providerID patch never leads to a second VM on another host, even when the
+        // first host does not answer right now.
         let existing = m.spec.providerID.flatMap(ProviderID.init)
-        var host = existing?.host
+        var host = existing?.host ?? m.metadata.annotations?[placementAnnotation]
         var vm: AgentClient.MicroVM?
         if host == nil {
             for endpoint in poolEndpoints {
@@ -131,6 +134,10 @@ public struct MachineReconciler: Sendable {
         }
         guard let host else {
             return try await fail(m, reason: "InvalidConfiguration", message: "the MicrovmCluster's placement has no hosts")
+        }
+        if m.metadata.annotations?[placementAnnotation] != host {
+            let patch = try JSONSerialization.data(withJSONObject: ["metadata": ["annotations": [placementAnnotation: host]]])
+            m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: patch)
         }
         let agent = try agents.client(endpoint: host, token: token(host))
         if vm == nil {
@@ -228,9 +235,10 @@ public struct MachineReconciler: Sendable {
     func reconcileDelete(_ m: MicrovmMachine, hosts: [String], token: (String) -> String?) async throws -> ReconcileResult {
         let name = m.metadata.name ?? "", namespace = m.metadata.namespace ?? "default"
         let known = m.spec.providerID.flatMap(ProviderID.init)
-        // Where the VM may be: its providerID's host, else every host of the pool (a create whose
-        // providerID was never recorded still left a VM somewhere).
-        for host in known.map({ [$0.host] }) ?? hosts {
+        // Where the VM may be: its providerID's host, else the host recorded before the create, else
+        // every host of the pool.
+        let recorded = m.metadata.annotations?[placementAnnotation].map { [$0] }
+        for host in known.map({ [$0.host] }) ?? recorded ?? hosts {
             let agent = try agents.client(endpoint: host, token: token(host))
             let vm: AgentClient.MicroVM?
             do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {

@@ -9,6 +9,10 @@ import Yams
 /// whose providerID never got recorded is found again instead of created twice.
 public let machineUIDLabel = "infrastructure.cluster.x-k8s.io/microvmmachine-uid"
 
+/// The annotation on a MicrovmMachine naming the host endpoint chosen for its VM, written before the
+/// VM is created.
+public let placementAnnotation = "infrastructure.cluster.x-k8s.io/microvm-host"
+
 /// Builds the agent's create request for a machine, as CAPMVM does: id and namespace from the
 /// Machine, labels plus `cluster-name`, the machine's VM shape, `add_network_config`, and metadata:
 /// user-data from the bootstrap Secret, vendor-data with hostname and ssh users, meta-data with

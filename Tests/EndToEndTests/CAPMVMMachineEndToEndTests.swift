@@ -67,6 +67,7 @@ struct CAPMVMMachineEndToEndTests {
                 var m = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns)
                 #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
                 #expect(m.metadata.finalizers == [InfrastructureGroup.machineFinalizer])
+                #expect(m.metadata.annotations?[placementAnnotation] == agent.address, "the chosen host is recorded")
 
                 // Running → ready, with its addresses.
                 _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(120)) { $0.status.state == .created }
