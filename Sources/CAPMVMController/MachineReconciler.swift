@@ -176,7 +176,10 @@ public struct MachineReconciler: Sendable {
             .filter(\.isControlPlane).compactMap { $0.spec.infrastructureRef?.name ?? $0.metadata.name })
         let byEndpoint = Dictionary(hosts.map { ($0.spec.endpoint, $0.metadata.name ?? $0.spec.endpoint) }, uniquingKeysWith: { a, _ in a })
         let placed = try await kube.list(MicrovmMachine.self, namespace: namespace, labelSelector: clusterLabel).items.compactMap { other -> PlacedMachine? in
-            guard other.metadata.uid != m.metadata.uid, let host = other.spec.providerID.flatMap(ProviderID.init)?.host, let name = byEndpoint[host] else { return nil }
+            // Placed: by providerID, or by the host recorded before its VM was created.
+            guard other.metadata.uid != m.metadata.uid,
+                  let host = other.spec.providerID.flatMap(ProviderID.init)?.host ?? other.metadata.annotations?[placementAnnotation],
+                  let name = byEndpoint[host] else { return nil }
             return PlacedMachine(host: name, isControlPlane: controlPlaneMachines.contains(other.metadata.name ?? ""))
         }
         let request = PlacementRequest(machineName: m.metadata.name ?? "", isControlPlane: machine.isControlPlane, vcpu: m.spec.vcpu, memoryMB: m.spec.memoryMb, placed: placed)

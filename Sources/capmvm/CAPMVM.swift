@@ -12,9 +12,11 @@ struct CAPMVM: AsyncParsableCommand {
         commandName: "capmvm",
         abstract: "Liquid Metal's Cluster API infrastructure provider: Kubernetes cluster nodes as microVMs on flintlockd hosts.",
         discussion: """
-            Reconciles MicrovmCluster and MicrovmMachine objects (group infrastructure.cluster.x-k8s.io, v1alpha1),             creating microVMs on the hosts of a cluster's placement through their flintlockd agents.
+            Reconciles MicrovmCluster and MicrovmMachine objects (group infrastructure.cluster.x-k8s.io, v1alpha1),
+            creating microVMs on the hosts of a cluster's placement through their flintlockd agents.
 
-            Connects to the API server with --kubeconfig (or $KUBECONFIG, ~/.kube/config), else in-cluster.             Serves /healthz and /readyz on --health-addr and Prometheus metrics on --metrics-bind-addr at /metrics.
+            Connects to the API server with --kubeconfig (or $KUBECONFIG, ~/.kube/config), else in-cluster.
+            Serves /healthz and /readyz on --health-addr and Prometheus metrics on --metrics-bind-addr at /metrics.
             """)
 
     @Option(help: "kubeconfig file. (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster service account)") var kubeconfig: String?

@@ -147,23 +147,10 @@ struct CAPMVMMachineEndToEndTests {
     func executable() async throws {
         let env = try await TestEnvironment.shared()
         try await withTestAPI { server, kube in
-            let dir = "/tmp/lm-capmvm-\(UUID().uuidString.prefix(6))"
-            try HostFiles.createDirectory(dir)
+            let dir = try kubeconfigDirectory(server)
             defer { try? HostFiles.remove(dir) }
-            try Data("""
-                apiVersion: v1
-                kind: Config
-                current-context: test
-                clusters: [{name: test, cluster: {server: "\(server.server)"}}]
-                users: [{name: test, user: {token: test-token}}]
-                contexts: [{name: test, context: {cluster: test, user: test}}]
-                """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeconfig"))
             func start(_ name: String, health: Int, metrics: Int) throws -> pid_t {
-                let log = open("\(dir)/\(name).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-                defer { close(log) }
-                return try HostProcess.spawn(["\(TestEnvironment.productsDirectory)/capmvm", "--kubeconfig", "\(dir)/kubeconfig", "--leader-elect",
-                                              "--health-addr", "127.0.0.1:\(health)", "--metrics-bind-addr", "127.0.0.1:\(metrics)", "--namespace", "team-b"],
-                                             stdout: log, stderr: log)
+                try startCAPMVM(dir, name, ["--leader-elect", "--health-addr", "127.0.0.1:\(health)", "--metrics-bind-addr", "127.0.0.1:\(metrics)", "--namespace", "team-b"])
             }
             func get(_ url: String) async -> String? { try? await HostProcess.run(["curl", "-sf", "-m", "3", url]) }
             let a = try start("a", health: 19441, metrics: 19481)
@@ -211,6 +198,28 @@ struct CAPMVMMachineEndToEndTests {
             }
         }
     }
+}
+
+/// A directory with a kubeconfig for the test API server (remove it when done).
+func kubeconfigDirectory(_ server: TestAPIServer) throws -> String {
+    let dir = "/tmp/lm-capmvm-\(UUID().uuidString.prefix(6))"
+    try HostFiles.createDirectory(dir)
+    try Data("""
+        apiVersion: v1
+        kind: Config
+        current-context: test
+        clusters: [{name: test, cluster: {server: "\(server.server)"}}]
+        users: [{name: test, user: {token: test-token}}]
+        contexts: [{name: test, context: {cluster: test, user: test}}]
+        """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeconfig"))
+    return dir
+}
+
+/// Starts the capmvm executable with `dir`'s kubeconfig, logging to `dir/<name>.log`.
+func startCAPMVM(_ dir: String, _ name: String, _ arguments: [String]) throws -> pid_t {
+    let log = open("\(dir)/\(name).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    defer { close(log) }
+    return try HostProcess.spawn(["\(TestEnvironment.productsDirectory)/capmvm", "--kubeconfig", "\(dir)/kubeconfig"] + arguments, stdout: log, stderr: log)
 }
 
 /// A Cluster, MicrovmCluster (static pool of one host), bootstrap Secret, Machine and MicrovmMachine
@@ -317,6 +326,97 @@ struct CAPMVMPlacementEndToEndTests {
 
                 // Bring the host back so that everything is cleaned up through the API.
                 try await lost.start()
+            } catch {
+                for h in hosts { await h.cleanUp() }
+                throw error
+            }
+            for h in hosts { await h.cleanUp() }
+        }
+    }
+}
+
+/// A create interrupted by a controller restart, over two hosts of a dynamic pool.
+@Suite("capmvm restart during a create", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd, QEMU and TAP (always runs in CI)"))
+struct CAPMVMRestartEndToEndTests {
+    @Test("capmvm killed after CreateMicroVM but before the providerID is recorded: the next capmvm finds the VM on its host, makes no second one anywhere, and finishes the machine")
+    func restartDuringCreate() async throws {
+        let env = try await TestEnvironment.shared()
+        try await withTestAPI { server, kube in
+            let hosts = try (0..<2).map { _ in try AgentProcess(environment: env) }
+            let dir = try kubeconfigDirectory(server)
+            defer { try? HostFiles.remove(dir) }
+            var pids: [pid_t] = []
+            defer { for p in pids { kill(p, SIGKILL); _ = HostProcess.waitFor(p) } }
+            do {
+                for h in hosts { try await h.start() }
+                let ns = "restart"
+                for (i, h) in hosts.enumerated() {
+                    _ = try await kube.create(MicrovmHost(metadata: ObjectMeta(name: "h\(i)", namespace: ns, labels: ["site": "r"]),
+                                                          spec: .init(endpoint: h.address, failureDomain: "fd-\(i)")))
+                }
+                // The API server fails every write of a providerID: the create happens, its result is not recorded.
+                server.refuseRequests { method, path, body in
+                    path.hasSuffix("/microvmmachines/w-0") && (method == "PATCH" || method == "PUT") && (body?["spec"] as? [String: Any])?["providerID"] != nil
+                }
+                let args = ["--namespace", ns, "--health-addr", "127.0.0.1:19443", "--metrics-bind-addr", "", "--host-probe-interval", "1"]
+                pids.append(try startCAPMVM(dir, "first", args))
+                try await eventually("both hosts probed") {
+                    try await kube.list(MicrovmHost.self, namespace: ns).items.allSatisfy { $0.status?.reachable == true }
+                }
+                _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "r", namespace: ns), spec: .init(
+                    controlPlaneEndpoint: APIEndpoint(host: "10.97.0.90", port: 6443), placement: .init(dynamicPool: .init(hostSelector: ["site": "r"])))))
+                _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "r", namespace: ns)))
+                _ = try await kube.mergePatch(Cluster.self, name: "r", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"r"}}}"#.utf8))
+                _ = try await kube.mergePatch(Cluster.self, name: "r", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+                _ = try await kube.create(Secret(metadata: ObjectMeta(name: "w-0-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
+                let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "w-0", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "r"]),
+                                                            spec: .init(clusterName: "r", bootstrap: .init(dataSecretName: "w-0-bootstrap"))))
+                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                               kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
+                                               networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "w-0", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "r"], ownerReferences: [
+                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "w-0", uid: machine.metadata.uid ?? "")]), spec: spec))
+
+                // The first capmvm creates the VM on one host, then fails to record it; kill it there.
+                var first: (host: AgentProcess, uid: String)?
+                try await eventually("the first capmvm created the VM and failed to record its providerID") {
+                    for h in hosts {
+                        let c = try h.client()
+                        defer { c.close() }
+                        if let vm = try await c.list(namespace: ns).first { first = (h, vm.spec.uid) }
+                    }
+                    return first != nil && server.refusedRequests > 0
+                }
+                kill(pids[0], SIGKILL)
+                _ = HostProcess.waitFor(pids[0])
+                let interrupted = try await kube.get(MicrovmMachine.self, name: "w-0", namespace: ns)
+                #expect(interrupted.spec.providerID == nil, "the providerID was never recorded")
+                #expect(interrupted.metadata.annotations?[placementAnnotation] == first?.host.address, "the chosen host was recorded before the create")
+
+                // A new capmvm, the API server healthy again.
+                server.refuseRequests(where: nil)
+                pids.append(try startCAPMVM(dir, "second", args))
+                let ready = try await waitReady(kube, ns: ns, name: "w-0", timeout: .seconds(120))
+                let log = String(decoding: HostFiles.tail("\(dir)/second.log", maxBytes: 3000) ?? Data(), as: UTF8.self)
+                #expect(ready.status?.ready == true, "\(String(describing: ready.status)) \(log)")
+                let (host, uid) = try #require(first)
+                #expect(ready.spec.providerID == "microvm://\(host.address)/\(uid)", "the providerID names the VM made before the restart")
+                var all: [String] = []
+                for h in hosts {
+                    let c = try h.client()
+                    defer { c.close() }
+                    all += try await c.list().map { "\(h.address)/\($0.spec.uid)" }
+                }
+                #expect(all == ["\(host.address)/\(uid)"], "one VM on the two hosts, the first one: \(all)")
+
+                // Delete: VM gone, finalizer removed.
+                try await kube.delete(MicrovmMachine.self, name: "w-0", namespace: ns)
+                try await eventually("the MicrovmMachine is gone") {
+                    do { _ = try await kube.get(MicrovmMachine.self, name: "w-0", namespace: ns); return false } catch let e as KubernetesAPIError where e.isNotFound { return true }
+                }
+                let c = try host.client()
+                defer { c.close() }
+                #expect(try await c.list().isEmpty)
             } catch {
                 for h in hosts { await h.cleanUp() }
                 throw error

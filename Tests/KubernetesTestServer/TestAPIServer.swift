@@ -18,12 +18,23 @@ import Synchronization
 ///   retained history (`compact()` drops history, as etcd compaction does).
 /// Not implemented: set-based selectors, field selectors, strategic merge and server-side apply,
 /// admission, validation against the CRD schemas, authentication.
+///
+/// For tests of failures, `refuseRequests(where:)` makes matching requests fail with 503, as an API
+/// server that is briefly unavailable answers.
 public final class TestAPIServer: Sendable {
     public let port: Int
     public var server: String { "http://127.0.0.1:\(port)" }
     let channel: any Channel
     let state: Mutex<State>
     let bookmarkInterval: Duration
+    let refusal = Mutex<Refusal>(Refusal())
+
+    /// Which requests to refuse: method, path and JSON body (nil when empty or not JSON).
+    public typealias RequestRule = @Sendable (_ method: String, _ path: String, _ body: [String: Any]?) -> Bool
+    struct Refusal {
+        var rule: RequestRule?
+        var count = 0
+    }
 
     struct Event {
         var rv: Int
@@ -74,6 +85,14 @@ public final class TestAPIServer: Sendable {
         }
     }
 
+    /// Refuses requests matching `rule` with 503 ServiceUnavailable until called again (nil: none).
+    public func refuseRequests(where rule: RequestRule?) {
+        refusal.withLock { $0.rule = rule }
+    }
+
+    /// How many requests were refused so far.
+    public var refusedRequests: Int { refusal.withLock { $0.count } }
+
     /// The current resourceVersion.
     public var resourceVersion: Int { state.withLock { $0.rv } }
 
@@ -115,6 +134,12 @@ public final class TestAPIServer: Sendable {
         let query = Dictionary((comps?.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
         guard let r = Self.route(comps?.path ?? uri) else { return Self.status(404, "NotFound", "no such path \(uri)") }
         let json = body.isEmpty ? nil : (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+        let refuse = refusal.withLock { f -> Bool in
+            guard let rule = f.rule, rule(method, comps?.path ?? uri, json) else { return false }
+            f.count += 1
+            return true
+        }
+        if refuse { return Self.status(503, "ServiceUnavailable", "the server is currently unable to handle the request") }
         return state.withLock { s -> Response in
             switch (method, r.name) {
             case ("GET", nil):
