@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
@@ -160,6 +162,10 @@ let package = Package(
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "Yams", package: "Yams"),
+                // The HTTP CONNECT tunnel to agents behind a proxy, with TLS checked there.
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         .executableTarget(
@@ -223,7 +229,7 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             path: "Tests/KubernetesTestServer"
         ),
-        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", "AgentClient", "KubernetesClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CAPMVMAPITests", dependencies: ["CAPMVMAPI", "KubernetesClient", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),

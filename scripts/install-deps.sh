@@ -11,6 +11,7 @@ packages=(
   dosfstools mtools               # cloud-init seed disks (FAT, label CIDATA) without mounting
   nftables                        # NAT for guests on the agent-owned bridge
   openssh-client                  # the cloud-init end-to-end test logs in to its guest
+  tinyproxy                       # an HTTP CONNECT proxy for the tests of agents behind a proxy
   busybox-static cpio             # busybox in initrds and the minimal root; cpio reads initrds in tests
   mmdebstrap libcap2-bin          # Debian root filesystems (rootfs --preset cloud, --recipe); getcap in tests
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
@@ -28,4 +29,6 @@ apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps.sh: installing ${missing[*]}" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The tests run their own tinyproxy; Debian's starts one as a service.
+  if [[ " ${missing[*]} " == *" tinyproxy "* ]]; then service tinyproxy stop >/dev/null 2>&1 || true; fi
 fi

@@ -2,6 +2,7 @@ import FlintlockAPI
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOSSL
 import SwiftProtobuf
 import Yams
 
@@ -16,36 +17,86 @@ public final class AgentClient: Sendable {
     public let address: String
 
     /// TLS settings for agents served with `--tls-cert` (and `--tls-client-validate`).
-    public struct TLSOptions: Sendable {
-        /// PEM CA bundle that signed the agent's certificate (nil: the system's trust roots).
-        public var caCertificate: String?
-        /// PEM client certificate and key, for agents that require client certificates.
-        public var clientCertificate: String?
-        public var clientKey: String?
+    public struct TLSOptions: Sendable, Hashable {
+        /// A PEM file, or PEM text (from a Kubernetes Secret, say).
+        public enum Source: Sendable, Hashable {
+            case file(String)
+            case pem([UInt8])
+        }
+        /// CA bundle that signed the agent's certificate (nil: the system's trust roots).
+        public var ca: Source?
+        /// Client certificate and key, for agents that require client certificates.
+        public var clientCertificate: Source?
+        public var clientKey: Source?
+
+        /// From PEM files.
         public init(caCertificate: String? = nil, clientCertificate: String? = nil, clientKey: String? = nil) {
-            self.caCertificate = caCertificate
+            self.init(ca: caCertificate.map(Source.file), clientCertificate: clientCertificate.map(Source.file), clientKey: clientKey.map(Source.file))
+        }
+
+        public init(ca: Source?, clientCertificate: Source?, clientKey: Source?) {
+            self.ca = ca
             self.clientCertificate = clientCertificate
             self.clientKey = clientKey
         }
 
         var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
-            let ca = caCertificate
-            let configure: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void = { c in
-                if let ca { c.trustRoots = .certificates([.file(path: ca, format: .pem)]) }
+            func source(_ s: Source) -> TLSConfig.CertificateSource {
+                switch s {
+                case .file(let path): .file(path: path, format: .pem)
+                case .pem(let bytes): .bytes(bytes, format: .pem)
+                }
             }
-            if let cert = clientCertificate, let key = clientKey {
-                return .mTLS(certificateChain: [.file(path: cert, format: .pem)], privateKey: .file(path: key, format: .pem), configure: configure)
+            func key(_ s: Source) -> TLSConfig.PrivateKeySource {
+                switch s {
+                case .file(let path): .file(path: path, format: .pem)
+                case .pem(let bytes): .bytes(bytes, format: .pem)
+                }
+            }
+            let ca = self.ca
+            let configure: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void = { c in
+                if let ca { c.trustRoots = .certificates([source(ca)]) }
+            }
+            if let cert = clientCertificate, let k = clientKey {
+                return .mTLS(certificateChain: [source(cert)], privateKey: key(k), configure: configure)
             }
             return .tls(configure: configure)
         }
+
+        /// The same settings for TLS done in a proxy tunnel (HTTP/2 by ALPN, as gRPC does). NIOSSL
+        /// checks a name itself; an IP address is checked by the tunnel (NIOSSL would compare the
+        /// proxy's address, the peer it is connected to).
+        func sslContext(agentHostIsIPAddress: Bool) throws -> NIOSSLContext {
+            func pem(_ s: Source) throws -> [UInt8] {
+                switch s {
+                case .file(let path): return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+                case .pem(let bytes): return bytes
+                }
+            }
+            var c = TLSConfiguration.makeClientConfiguration()
+            c.applicationProtocols = ["h2"]
+            if let ca { c.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(try pem(ca))) }
+            if let cert = clientCertificate, let k = clientKey {
+                c.certificateChain = try NIOSSLCertificate.fromPEMBytes(try pem(cert)).map { .certificate($0) }
+                c.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: try pem(k), format: .pem))
+            }
+            if agentHostIsIPAddress { c.certificateVerification = .noHostnameVerification }
+            return try NIOSSLContext(configuration: c)
+        }
     }
 
+    let tunnel: ConnectTunnel?
+
     /// Connects to `address`: `host:port`, or `unix:///path/to/socket`. With `token`, every call
-    /// carries `authorization: Basic <base64(token)>`; with `tls`, the connection uses TLS.
-    public init(address: String, token: String? = nil, tls: TLSOptions? = nil) throws {
+    /// carries `authorization: Basic <base64(token)>`; with `tls`, the connection uses TLS; with
+    /// `proxy`, connections go through that HTTP proxy (`CONNECT`), TLS end to end with the agent.
+    public init(address: String, token: String? = nil, tls: TLSOptions? = nil, proxy: HTTPConnectProxy? = nil) throws {
         self.address = address
         let target: any ResolvableTarget
+        var tunnel: ConnectTunnel?
+        var security = tls?.transportSecurity ?? .plaintext
         if address.hasPrefix("unix://") {
+            guard proxy == nil else { throw RPCError(code: .invalidArgument, message: "agent address \(address): a Unix socket is not reached through a proxy") }
             target = .unixDomainSocket(path: String(address.dropFirst("unix://".count)), authority: "localhost")
         } else {
             guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
@@ -53,16 +104,26 @@ public final class AgentClient: Sendable {
             }
             var host = String(address[..<colon])
             if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            // IP literals as IP targets: with TLS, an IP address must not be sent as the SNI name.
-            if host.split(separator: ".").count == 4 && host.allSatisfy({ $0.isNumber || $0 == "." }) {
-                target = .ipv4(host: host, port: port)
-            } else if host.contains(":") {
-                target = .ipv6(host: host, port: port)
+            if host.isEmpty { host = "localhost" }
+            if let proxy {
+                // gRPC speaks plain HTTP/2 to a private socket; the tunnel behind it does CONNECT and TLS.
+                let t = try ConnectTunnel(target: .init(host: host, port: port, proxy: proxy, tls: try tls?.sslContext(agentHostIsIPAddress: IPLiteral.bytes(host) != nil)))
+                tunnel = t
+                target = .unixDomainSocket(path: t.socketPath, authority: address)
+                security = .plaintext
+            } else if IPLiteral.bytes(host) != nil {
+                // IP literals as IP targets: with TLS, an IP address must not be sent as the SNI name.
+                target = host.contains(":") ? .ipv6(address: host, port: port) : .ipv4(address: host, port: port)
             } else {
-                target = .dns(host: host.isEmpty ? "localhost" : host, port: port)
+                target = .dns(host: host, port: port)
             }
         }
-        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: tls?.transportSecurity ?? .plaintext)
+        self.tunnel = tunnel
+        let transport: HTTP2ClientTransport.Posix
+        do { transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security) } catch {
+            tunnel?.close()
+            throw error
+        }
         var interceptors: [any ClientInterceptor] = []
         if let token, !token.isEmpty { interceptors.append(BasicAuthClientInterceptor(token: token)) }
         let client = GRPCClient(transport: transport, interceptors: interceptors)
@@ -70,9 +131,15 @@ public final class AgentClient: Sendable {
         self.runTask = Task { try? await client.runConnections() }
     }
 
-    deinit { client.beginGracefulShutdown() }
+    deinit {
+        client.beginGracefulShutdown()
+        tunnel?.close()
+    }
 
-    public func close() { client.beginGracefulShutdown() }
+    public func close() {
+        client.beginGracefulShutdown()
+        tunnel?.close()
+    }
 
     var microvms: Microvm_Services_Api_V1alpha1_MicroVM.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
     var events: Liquidmetal_Agent_V1_MicroVMEvents.Client<HTTP2ClientTransport.Posix> { .init(wrapping: client) }
@@ -80,7 +147,15 @@ public final class AgentClient: Sendable {
 
     /// The host's capacity and what its microVMs take (Liquid Metal addition).
     public func capacity() async throws -> Liquidmetal_Agent_V1_HostCapacity {
-        try await hostInfo.getCapacity(.init(), options: Self.options)
+        try await explained { try await hostInfo.getCapacity(.init(), options: Self.options) }
+    }
+
+    /// Adds what the proxy tunnel saw to an `unavailable` error: gRPC itself only sees a closed connection.
+    func explained<T: Sendable>(_ call: () async throws -> T) async throws -> T {
+        do { return try await call() } catch let e as RPCError where e.code == .unavailable {
+            guard let why = tunnel?.lastProblem else { throw e }
+            throw RPCError(code: .unavailable, message: "\(e.message) (\(why))")
+        }
     }
 
     static var options: CallOptions {
@@ -90,18 +165,20 @@ public final class AgentClient: Sendable {
     }
 
     public func create(_ spec: MicroVMSpec) async throws -> MicroVM {
-        try await microvms.createMicroVM(.with { $0.microvm = spec }, options: Self.options).microvm
+        try await explained { try await microvms.createMicroVM(.with { $0.microvm = spec }, options: Self.options).microvm }
     }
 
     public func get(uid: String) async throws -> MicroVM {
-        try await microvms.getMicroVM(.with { $0.uid = uid }, options: Self.options).microvm
+        try await explained { try await microvms.getMicroVM(.with { $0.uid = uid }, options: Self.options).microvm }
     }
 
     public func list(namespace: String = "", name: String? = nil) async throws -> [MicroVM] {
-        try await microvms.listMicroVMs(.with {
-            $0.namespace = namespace
-            if let name { $0.name = name }
-        }, options: Self.options).microvm
+        try await explained {
+            try await microvms.listMicroVMs(.with {
+                $0.namespace = namespace
+                if let name { $0.name = name }
+            }, options: Self.options).microvm
+        }
     }
 
     /// Lists through the streaming RPC.
@@ -117,7 +194,7 @@ public final class AgentClient: Sendable {
     }
 
     public func delete(uid: String) async throws {
-        _ = try await microvms.deleteMicroVM(.with { $0.uid = uid }, options: Self.options)
+        _ = try await explained { try await microvms.deleteMicroVM(.with { $0.uid = uid }, options: Self.options) }
     }
 
     /// Streams watch events (current VMs, a SYNCED marker, then changes) to `handle` until it

@@ -114,8 +114,10 @@ public struct MicrovmCluster: KubernetesObject, Equatable {
         public init(hostSelector: [String: String]? = nil) { self.hostSelector = hostSelector }
     }
 
+    /// An HTTP proxy agents are reached through with CONNECT: `http://[user:password@]host:port` or `host:port`.
     public struct Proxy: Codable, Sendable, Equatable {
         public var endpoint: String
+        public init(endpoint: String) { self.endpoint = endpoint }
     }
 
     public struct FailureDomain: Codable, Sendable, Equatable {
@@ -300,13 +302,18 @@ public struct MicrovmHost: KubernetesObject, Equatable {
         public var failureDomain: String?
         /// Defaults to true.
         public var controlplaneAllowed: Bool?
-        /// A Secret with the agent's basic-auth `token`, or `tls.crt`/`tls.key`/`ca.crt`.
+        /// A Secret with the agent's basic-auth `token` and/or TLS settings: `ca.crt` (the CA that
+        /// signed the agent's certificate), `tls.crt` and `tls.key` (a client certificate, for mutual TLS).
         public var credentialsRef: LocalObjectReference?
-        public init(endpoint: String, failureDomain: String? = nil, controlplaneAllowed: Bool? = nil, credentialsRef: LocalObjectReference? = nil) {
+        /// An HTTP proxy the agent is reached through (CONNECT).
+        public var microvmProxy: MicrovmCluster.Proxy?
+        public init(endpoint: String, failureDomain: String? = nil, controlplaneAllowed: Bool? = nil, credentialsRef: LocalObjectReference? = nil,
+                    microvmProxy: MicrovmCluster.Proxy? = nil) {
             self.endpoint = endpoint
             self.failureDomain = failureDomain
             self.controlplaneAllowed = controlplaneAllowed
             self.credentialsRef = credentialsRef
+            self.microvmProxy = microvmProxy
         }
     }
 

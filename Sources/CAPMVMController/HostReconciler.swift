@@ -27,10 +27,9 @@ public struct HostReconciler: Sendable {
             return .done
         }
         if host.metadata.deletionTimestamp != nil { return .done }
-        let token = try await Self.token(kube, host: host)
         var probe: (capacity: Liquidmetal_Agent_V1_HostCapacity?, error: String?)
         do {
-            let client = try agents.client(endpoint: host.spec.endpoint, token: token)
+            let client = try agents.client(endpoint: host.spec.endpoint, credentials: try await Self.credentials(kube, host: host))
             probe = (try await client.capacity(), nil)
         } catch {
             probe = (nil, "\(error)")
@@ -59,11 +58,15 @@ public struct HostReconciler: Sendable {
         return .requeue(after: probeInterval)
     }
 
-    /// The basic-auth token of a host's credentials Secret (`token`), if any.
-    static func token(_ kube: KubernetesClient, host: MicrovmHost) async throws -> String? {
-        guard let ref = host.spec.credentialsRef?.name else { return nil }
+    /// How a host's agent is reached: its credentials Secret (`token`; `ca.crt`, `tls.crt`, `tls.key`)
+    /// and its `microvmProxy`.
+    static func credentials(_ kube: KubernetesClient, host: MicrovmHost) async throws -> AgentCredentials {
+        var c = AgentCredentials(proxy: try AgentCredentials.proxy(host.spec.microvmProxy))
+        guard let ref = host.spec.credentialsRef?.name else { return c }
         let s = try await kube.get(Secret.self, name: ref, namespace: host.metadata.namespace)
-        return s.data?["token"].map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+        c.token = s.data?["token"].map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+        c.tls = try AgentCredentials.tls(from: s)
+        return c
     }
 
     /// A MicrovmHost as the scheduler sees it (capacity from status; unknown capacity: not placeable).

@@ -8,24 +8,6 @@ import Logging
 import Placement
 import Synchronization
 
-/// Agent clients by endpoint, with the basic-auth token a cluster's Secret gives for that host.
-public final class AgentConnections: Sendable {
-    let clients = Mutex<[String: AgentClient]>([:])
-    public init() {}
-
-    public func client(endpoint: String, token: String?) throws -> AgentClient {
-        let key = "\(endpoint)|\(token ?? "")"
-        if let c = clients.withLock({ $0[key] }) { return c }
-        let c = try AgentClient(address: endpoint, token: token)
-        clients.withLock { $0[key] = c }
-        return c
-    }
-
-    public func closeAll() {
-        for c in clients.withLock({ Array($0.values) }) { c.close() }
-    }
-}
-
 /// What a reconcile asks of its caller.
 public enum ReconcileResult: Sendable, Equatable {
     case done
@@ -71,25 +53,31 @@ public struct MachineReconciler: Sendable {
         } catch let e as KubernetesAPIError where e.isNotFound && m.metadata.deletionTimestamp != nil {
             // Being deleted after its Machine or cluster objects went: remove the VM its providerID
             // names (without the cluster's credentials), then the finalizer.
-            return try await reconcileDelete(m, hosts: [], token: { _ in nil })
+            return try await reconcileDelete(m, hosts: [], credentials: { _ in AgentCredentials() })
         }
         let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
-        var tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
-        // A dynamic pool: the MicrovmHosts matching the selector, with their own credentials.
+        // How each host is reached: the cluster's basic-auth tokens, TLS Secret and proxy; in a
+        // dynamic pool, a MicrovmHost's own credentials and proxy come first.
+        let tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
+        let clusterTLS = try await tlsSecret(mvmCluster.spec.tlsSecretRef, namespace: namespace)
+        let clusterProxy = try AgentCredentials.proxy(mvmCluster.spec.microvmProxy)
         var poolHosts: [MicrovmHost] = []
+        var hostCredentials: [String: AgentCredentials] = [:]
         if let dynamic = mvmCluster.spec.placement.dynamicPool {
             let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
             poolHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
-            for h in poolHosts { if let t = try await HostReconciler.token(kube, host: h) { tokens[h.spec.endpoint] = t } }
+            for h in poolHosts { hostCredentials[h.spec.endpoint] = try await HostReconciler.credentials(kube, host: h) }
         }
         let poolEndpoints = mvmCluster.spec.placement.dynamicPool != nil ? poolHosts.map(\.spec.endpoint) : hosts.map(\.endpoint)
-        func token(_ endpoint: String) -> String? {
+        func credentials(_ endpoint: String) -> AgentCredentials {
             let hostName = hosts.first { $0.endpoint == endpoint }?.name
-            return tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"]
+            let own = hostCredentials[endpoint]
+            return AgentCredentials(token: own?.token ?? tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"],
+                                    tls: own?.tls ?? clusterTLS, proxy: own?.proxy ?? clusterProxy)
         }
 
         if m.metadata.deletionTimestamp != nil {
-            return try await reconcileDelete(m, hosts: poolEndpoints, token: token)
+            return try await reconcileDelete(m, hosts: poolEndpoints, credentials: credentials)
         }
         guard cluster.status?.infrastructureReady == true else {
             try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "WaitingForClusterInfra")) }
@@ -114,7 +102,7 @@ public struct MachineReconciler: Sendable {
         var vm: AgentClient.MicroVM?
         if host == nil {
             for endpoint in poolEndpoints {
-                guard let client = try? agents.client(endpoint: endpoint, token: token(endpoint)),
+                guard let client = try? agents.client(endpoint: endpoint, credentials: credentials(endpoint)),
                       let found = try? await findVM(client, machine: m, namespace: namespace, name: name, uid: nil) else { continue }
                 (host, vm) = (endpoint, found)
                 break
@@ -139,7 +127,7 @@ public struct MachineReconciler: Sendable {
             let patch = try JSONSerialization.data(withJSONObject: ["metadata": ["annotations": [placementAnnotation: host]]])
             m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: patch)
         }
-        let agent = try agents.client(endpoint: host, token: token(host))
+        let agent = try agents.client(endpoint: host, credentials: credentials(host))
         if vm == nil {
             do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: existing?.uid) } catch let e as RPCError where e.code == .unavailable {
                 // The host is down: say so, keep the machine as it is, look again later.
@@ -235,14 +223,14 @@ public struct MachineReconciler: Sendable {
         return requeue
     }
 
-    func reconcileDelete(_ m: MicrovmMachine, hosts: [String], token: (String) -> String?) async throws -> ReconcileResult {
+    func reconcileDelete(_ m: MicrovmMachine, hosts: [String], credentials: (String) -> AgentCredentials) async throws -> ReconcileResult {
         let name = m.metadata.name ?? "", namespace = m.metadata.namespace ?? "default"
         let known = m.spec.providerID.flatMap(ProviderID.init)
         // Where the VM may be: its providerID's host, else the host recorded before the create, else
         // every host of the pool.
         let recorded = m.metadata.annotations?[placementAnnotation].map { [$0] }
         for host in known.map({ [$0.host] }) ?? recorded ?? hosts {
-            let agent = try agents.client(endpoint: host, token: token(host))
+            let agent = try agents.client(endpoint: host, credentials: credentials(host))
             let vm: AgentClient.MicroVM?
             do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {
                 try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmDeleteFailed", message: "host \(host) unreachable: \(e.message)")) }
@@ -286,6 +274,12 @@ public struct MachineReconciler: Sendable {
             change(&st)
             o.status = st
         }
+    }
+
+    /// The TLS settings of a `tlsSecretRef` Secret (nil when none is named).
+    func tlsSecret(_ name: String?, namespace: String) async throws -> AgentClient.TLSOptions? {
+        guard let name, !name.isEmpty else { return nil }
+        return try AgentCredentials.tls(from: try await kube.get(Secret.self, name: name, namespace: namespace))
     }
 
     /// The cluster's basic-auth tokens (CAPMVM: the Secret named by `basicAuthSecret`, keyed by host

@@ -26,6 +26,8 @@ struct AgentOptions: ParsableArguments {
     var tlsCert: String?
     @Option(name: .customLong("tls-key"), help: "PEM key for --tls-cert.")
     var tlsKey: String?
+    @Option(help: "Reach the agent through this HTTP proxy (CONNECT): http://[user:password@]host:port. TLS stays end to end with the agent. (default: $LMCTL_PROXY)")
+    var proxy: String?
 
     func client() throws -> AgentClient {
         let env = ProcessInfo.processInfo.environment
@@ -34,7 +36,8 @@ struct AgentOptions: ParsableArguments {
             guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
             options = AgentClient.TLSOptions(caCertificate: tlsCA, clientCertificate: tlsCert, clientKey: tlsKey)
         }
-        return try AgentClient(address: host ?? env["LMCTL_HOST"] ?? "localhost:9090", token: token ?? env["LMCTL_TOKEN"], tls: options)
+        let proxy = try (proxy ?? env["LMCTL_PROXY"]).flatMap { $0.isEmpty ? nil : try HTTPConnectProxy(endpoint: $0) }
+        return try AgentClient(address: host ?? env["LMCTL_HOST"] ?? "localhost:9090", token: token ?? env["LMCTL_TOKEN"], tls: options, proxy: proxy)
     }
 }
 

@@ -8,26 +8,10 @@ import TestSupport
 /// flintlockd serving over TLS and mutual TLS, with certificates made by openssl for the test.
 @Suite("flintlockd TLS", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd and openssl (always runs in CI)"))
 struct TLSEndToEndTests {
-    /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by the CA.
-    func makePKI() async throws -> String {
-        let dir = "/tmp/lm-pki-\(UUID().uuidString.prefix(6))"
-        try HostFiles.createDirectory(dir)
-        func ssl(_ args: [String]) async throws { try await HostProcess.run(["openssl"] + args) }
-        try await ssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=lm-test-ca",
-                       "-keyout", "\(dir)/ca.key", "-out", "\(dir)/ca.pem"])
-        for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")] {
-            try await ssl(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=lm-\(name)", "-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr"])
-            try Data(ext.utf8).write(to: URL(fileURLWithPath: "\(dir)/\(name).ext"))
-            try await ssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
-                           "-days", "2", "-extfile", "\(dir)/\(name).ext", "-out", "\(dir)/\(name).pem"])
-        }
-        return dir
-    }
-
     @Test("TLS: a client trusting the CA is served; a plaintext client is not")
     func tls() async throws {
         let env = try await TestEnvironment.shared()
-        let pki = try await makePKI()
+        let pki = try await TestPKI.make().directory
         defer { try? HostFiles.remove(pki) }
         try await withAgent(env, ["--tls-cert", "\(pki)/server.pem", "--tls-key", "\(pki)/server.key"], start: false) { agent in
             let pid = try HostProcess.spawn(agent.arguments)
@@ -51,7 +35,7 @@ struct TLSEndToEndTests {
     @Test("mutual TLS: a client certificate signed by the client CA is required")
     func mutualTLS() async throws {
         let env = try await TestEnvironment.shared()
-        let pki = try await makePKI()
+        let pki = try await TestPKI.make().directory
         defer { try? HostFiles.remove(pki) }
         let args = ["--tls-cert", "\(pki)/server.pem", "--tls-key", "\(pki)/server.key", "--tls-client-validate", "--tls-client-ca", "\(pki)/ca.pem"]
         try await withAgent(env, args, start: false) { agent in

@@ -12,6 +12,8 @@ public final class AgentProcess: @unchecked Sendable {
     /// Arguments after the defaults; change them between `kill` and `start` to restart differently.
     public var extraArguments: [String]
     public let containerdSocket: String
+    /// How the test talks to the agent when it serves TLS (start, cleanUp and `client()` use it).
+    public var clientTLS: AgentClient.TLSOptions?
     public private(set) var pid: pid_t = 0
     public var address: String { "127.0.0.1:\(port)" }
     public var logPath: String { "\(stateDir).agent.log" }
@@ -40,7 +42,7 @@ public final class AgentProcess: @unchecked Sendable {
         let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         defer { close(fd) }
         pid = try HostProcess.spawn(arguments, stdout: fd, stderr: fd)
-        let client = try AgentClient(address: address)
+        let client = try AgentClient(address: address, tls: clientTLS)
         defer { client.close() }
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
@@ -66,7 +68,7 @@ public final class AgentProcess: @unchecked Sendable {
     }
 
     public func client(token: String? = nil, tls: AgentClient.TLSOptions? = nil) throws -> AgentClient {
-        try AgentClient(address: address, token: token, tls: tls)
+        try AgentClient(address: address, token: token, tls: tls ?? clientTLS)
     }
 
     /// Deletes every VM through the API (so TAPs and leases go too), then stops the agent and
@@ -88,7 +90,7 @@ public final class AgentProcess: @unchecked Sendable {
         try? HostFiles.remove(stateDir)
     }
 
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
