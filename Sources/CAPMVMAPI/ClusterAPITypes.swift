@@ -20,6 +20,18 @@ public struct ObjectReference: Codable, Sendable, Equatable {
     public var name: String?
     public var namespace: String?
     public var uid: String?
+    public init(apiVersion: String? = nil, kind: String? = nil, name: String? = nil, namespace: String? = nil, uid: String? = nil) {
+        self.apiVersion = apiVersion
+        self.kind = kind
+        self.name = name
+        self.namespace = namespace
+        self.uid = uid
+    }
+
+    /// A reference to a MicrovmMachine, as a Machine's `infrastructureRef`.
+    public static func microvmMachine(_ name: String) -> ObjectReference {
+        ObjectReference(apiVersion: InfrastructureGroup.apiVersion, kind: "MicrovmMachine", name: name)
+    }
 }
 
 public struct Cluster: KubernetesObject, Equatable {
@@ -71,9 +83,10 @@ public struct Machine: KubernetesObject, Equatable {
         public var failureDomain: String?
         public var providerID: String?
         public var version: String?
-        public init(clusterName: String, bootstrap: Bootstrap, failureDomain: String? = nil) {
+        public init(clusterName: String, bootstrap: Bootstrap, infrastructureRef: ObjectReference? = nil, failureDomain: String? = nil) {
             self.clusterName = clusterName
             self.bootstrap = bootstrap
+            self.infrastructureRef = infrastructureRef
             self.failureDomain = failureDomain
         }
     }

@@ -35,8 +35,8 @@ struct CAPMVMMachineEndToEndTests {
                 _ = try await kube.create(Secret(metadata: ObjectMeta(name: "m1-bootstrap", namespace: ns), type: "cluster.x-k8s.io/secret",
                                                  data: ["value": Data("#cloud-config\nruncmd: [echo kubeadm]\n".utf8)]))
                 let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "m1", namespace: ns, labels: ["cluster.x-k8s.io/cluster-name": "mvm"]),
-                                                            spec: .init(clusterName: "mvm", bootstrap: .init(dataSecretName: "m1-bootstrap"))))
-                var spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                                            spec: .init(clusterName: "mvm", bootstrap: .init(dataSecretName: "m1-bootstrap"), infrastructureRef: .microvmMachine("m1"))))
+                var spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: env.rootImage),
                                                kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
                                                networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap", address: .init(address: "10.97.0.61/24", gateway: nil, nameservers: nil))])
                 spec.kernelCmdline = ["lm_ip": "10.97.0.61/24"]
@@ -96,7 +96,7 @@ struct CAPMVMMachineEndToEndTests {
                 await #expect { _ = try await kube.get(MicrovmMachine.self, name: "m1", namespace: ns) } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
 
                 // A machine whose VM never existed deletes cleanly (CAPMVM #190).
-                let m2owner = try await kube.create(Machine(metadata: ObjectMeta(name: "m2", namespace: ns), spec: .init(clusterName: "mvm", bootstrap: .init())))
+                let m2owner = try await kube.create(Machine(metadata: ObjectMeta(name: "m2", namespace: ns), spec: .init(clusterName: "mvm", bootstrap: .init(), infrastructureRef: .microvmMachine("m2"))))
                 _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m2", namespace: ns, finalizers: [InfrastructureGroup.machineFinalizer], ownerReferences: [
                     OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m2", uid: m2owner.metadata.uid ?? "")]), spec: spec))
                 try await kube.delete(MicrovmMachine.self, name: "m2", namespace: ns)
@@ -231,9 +231,8 @@ func clusterWithMachine(_ kube: KubernetesClient, ns: String, name: String, host
     _ = try await kube.mergePatch(Cluster.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"\#(name)"}}}"#.utf8))
     _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-m-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
     let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "\(name)-m", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: name]),
-                                                spec: .init(clusterName: name, bootstrap: .init(dataSecretName: "\(name)-m-bootstrap"))))
-    _ = try await kube.mergePatch(Machine.self, name: "\(name)-m", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)-m"}}}"#.utf8))
-    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                                spec: .init(clusterName: name, bootstrap: .init(dataSecretName: "\(name)-m-bootstrap"), infrastructureRef: .microvmMachine("\(name)-m"))))
+    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: env.rootImage),
                                    kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
                                    networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
     _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "\(name)-m", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: name], ownerReferences: [
@@ -291,9 +290,8 @@ struct CAPMVMPlacementEndToEndTests {
                     var labels = [ClusterAPIGroup.clusterNameLabel: "fleet"]
                     if controlPlane { labels[ClusterAPIGroup.controlPlaneLabel] = "" }
                     _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
-                    let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: labels), spec: .init(clusterName: "fleet", bootstrap: .init(dataSecretName: "\(name)-bootstrap"))))
-                    _ = try await kube.mergePatch(Machine.self, name: name, namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmMachine","name":"\#(name)"}}}"#.utf8))
-                    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                    let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: labels), spec: .init(clusterName: "fleet", bootstrap: .init(dataSecretName: "\(name)-bootstrap"), infrastructureRef: .microvmMachine(name))))
+                    let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: env.rootImage),
                                                    kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
                                                    networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
                     _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: name, namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "fleet"], ownerReferences: [
@@ -370,8 +368,8 @@ struct CAPMVMRestartEndToEndTests {
                 _ = try await kube.mergePatch(Cluster.self, name: "r", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
                 _ = try await kube.create(Secret(metadata: ObjectMeta(name: "w-0-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
                 let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "w-0", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "r"]),
-                                                            spec: .init(clusterName: "r", bootstrap: .init(dataSecretName: "w-0-bootstrap"))))
-                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 256, rootVolume: .init(id: "root", image: env.rootImage),
+                                                            spec: .init(clusterName: "r", bootstrap: .init(dataSecretName: "w-0-bootstrap"), infrastructureRef: .microvmMachine("w-0"))))
+                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: env.rootImage),
                                                kernel: .init(image: env.kernelImage, filename: "boot/vmlinuz"), initrd: .init(image: env.kernelImage, filename: "boot/initrd"),
                                                networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
                 _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "w-0", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "r"], ownerReferences: [
@@ -437,8 +435,9 @@ func eventually(_ what: String, timeout: Duration = .seconds(90), _ condition: (
 }
 
 /// Runs `body` with a fresh test API server and a client of it, and always stops both.
+/// The server validates every object of the project's and Cluster API's kinds against their CRD schemas.
 func withTestAPI(_ body: (TestAPIServer, KubernetesClient) async throws -> Void) async throws {
-    let server = try await TestAPIServer.start()
+    let server = try await TestAPIServer.start(schemas: try SchemaValidator.project())
     let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
     do { try await body(server, kube) } catch {
         try? await kube.shutdown()

@@ -16,8 +16,10 @@ import Synchronization
 /// - watch from a resourceVersion (`ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` when asked for, every
 ///   `bookmarkInterval`), and an `ERROR` event with a 410 Status when the version is older than the
 ///   retained history (`compact()` drops history, as etcd compaction does).
+/// - with `schemas`, objects of the kinds they cover are validated on every write as the API server
+///   validates custom resources (422 Invalid, naming each field; see `SchemaValidator`).
 /// Not implemented: set-based selectors, field selectors, strategic merge and server-side apply,
-/// admission, validation against the CRD schemas, authentication.
+/// admission webhooks, CEL rules and defaulting from the schemas, authentication.
 ///
 /// For tests of failures, `refuseRequests(where:)` makes matching requests fail with 503, as an API
 /// server that is briefly unavailable answers.
@@ -28,6 +30,7 @@ public final class TestAPIServer: Sendable {
     let state: Mutex<State>
     let bookmarkInterval: Duration
     let refusal = Mutex<Refusal>(Refusal())
+    let schemas: SchemaValidator?
 
     /// Which requests to refuse: method, path and JSON body (nil when empty or not JSON).
     public typealias RequestRule = @Sendable (_ method: String, _ path: String, _ body: [String: Any]?) -> Bool
@@ -55,7 +58,7 @@ public final class TestAPIServer: Sendable {
     }
 
     /// Starts listening on 127.0.0.1 (a free port).
-    public static func start(bookmarkInterval: Duration = .seconds(1)) async throws -> TestAPIServer {
+    public static func start(bookmarkInterval: Duration = .seconds(1), schemas: SchemaValidator? = nil) async throws -> TestAPIServer {
         let box = ServerBox()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -63,12 +66,13 @@ public final class TestAPIServer: Sendable {
                 ch.pipeline.configureHTTPServerPipeline().flatMap { ch.pipeline.addHandler(RequestHandler(box: box)) }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        let server = TestAPIServer(channel: channel, port: channel.localAddress?.port ?? 0, bookmarkInterval: bookmarkInterval)
+        let server = TestAPIServer(channel: channel, port: channel.localAddress?.port ?? 0, bookmarkInterval: bookmarkInterval, schemas: schemas)
         box.server.withLock { $0 = server }
         return server
     }
 
-    init(channel: any Channel, port: Int, bookmarkInterval: Duration) {
+    init(channel: any Channel, port: Int, bookmarkInterval: Duration, schemas: SchemaValidator?) {
+        self.schemas = schemas
         self.channel = channel
         self.port = port
         self.bookmarkInterval = bookmarkInterval
@@ -168,6 +172,7 @@ public final class TestAPIServer: Sendable {
                 meta.removeValue(forKey: "deletionTimestamp")
                 o["metadata"] = meta
                 o.removeValue(forKey: "status")  // set only through the status subresource, as with CRDs that enable it
+                if let invalid = invalid(o, r.collection, name) { s.rv -= 1; return invalid }
                 s.objects[r.collection, default: [:]][k] = o
                 Self.record(&s, "ADDED", r.collection, r.namespace, o)
                 return Response(status: 201, body: o)
@@ -200,6 +205,7 @@ public final class TestAPIServer: Sendable {
                 if r.subresource != "status", !Self.equal(next["spec"], current["spec"]) { meta["generation"] = (old["generation"] as? Int ?? 1) + 1 }
                 next["metadata"] = meta
                 if Self.equal(next, current) { return Response(status: 200, body: current) }
+                if let invalid = invalid(next, r.collection, name) { return invalid }
                 s.rv += 1
                 meta["resourceVersion"] = String(s.rv)
                 next["metadata"] = meta
@@ -231,6 +237,14 @@ public final class TestAPIServer: Sendable {
                 return Self.status(405, "MethodNotAllowed", "\(method) \(uri)")
             }
         }
+    }
+
+    /// 422 Invalid when `object` breaks its kind's schema (kinds without one are not checked).
+    func invalid(_ object: [String: Any], _ collection: String, _ name: String) -> Response? {
+        guard let schemas, let entry = schemas.entry(collection: collection) else { return nil }
+        let problems = SchemaValidator.validate(object, entry.schema, root: true)
+        guard !problems.isEmpty else { return nil }
+        return Self.status(422, "Invalid", "\(entry.kind) \"\(name)\" is invalid: [\(problems.map(\.description).joined(separator: ", "))]")
     }
 
     /// Removes an object for good (DELETED), then its dependents by owner reference.
