@@ -258,6 +258,32 @@ public struct MachineAddress: Codable, Sendable, Equatable {
     }
 }
 
+/// A MicrovmCluster as a ClusterClass's infrastructure template.
+public struct MicrovmClusterTemplate: KubernetesObject, Equatable {
+    public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmClusterTemplate", plural: "microvmclustertemplates")
+    public var apiVersion: String? = InfrastructureGroup.apiVersion
+    public var kind: String? = "MicrovmClusterTemplate"
+    public var metadata: ObjectMeta
+    public var spec: Spec
+    public struct Spec: Codable, Sendable, Equatable {
+        public var template: Template
+        public init(template: Template) { self.template = template }
+    }
+    public struct Template: Codable, Sendable, Equatable {
+        public var metadata: ObjectMeta?
+        public var spec: MicrovmCluster.Spec
+        public init(metadata: ObjectMeta? = nil, spec: MicrovmCluster.Spec) {
+            self.metadata = metadata
+            self.spec = spec
+        }
+    }
+
+    public init(metadata: ObjectMeta, spec: Spec) {
+        self.metadata = metadata
+        self.spec = spec
+    }
+}
+
 public struct MicrovmMachineTemplate: KubernetesObject, Equatable {
     public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmMachineTemplate", plural: "microvmmachinetemplates")
     public var apiVersion: String? = InfrastructureGroup.apiVersion
