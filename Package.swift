@@ -249,6 +249,7 @@ let package = Package(
             dependencies: [
                 "AgentClient", "FlintlockAPI", "TestSupport", "HostSystem", "flintlockd", "lmctl", "capmvm",
                 "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", "Placement", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
     ],

@@ -236,37 +236,6 @@ struct ClusterTemplateTests {
     }
 }
 
-/// clusterctl's variable syntax: `${NAME}`, and `${NAME:=default}` (also `:-`, `=` and `-`).
-enum Envsubst {
-    struct Variable: Equatable {
-        var name: String
-        var defaultValue: String?
-    }
-
-    struct Missing: Error, CustomStringConvertible {
-        var names: [String]
-        var description: String { "variables not set: \(names.joined(separator: ", "))" }
-    }
-
-    static var pattern: Regex<(Substring, Substring, Substring?, Substring?)> { /\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[=-])([^}]*))?\}/ }
-
-    static func variables(_ text: String) -> [Variable] {
-        text.matches(of: pattern).map { Variable(name: String($0.output.1), defaultValue: $0.output.3.map(String.init)) }
-    }
-
-    static func substitute(_ text: String, _ values: [String: String]) throws -> String {
-        var missing: [String] = []
-        let out = text.replacing(pattern) { m -> String in
-            if let v = values[String(m.output.1)], !v.isEmpty { return v }
-            if let d = m.output.3 { return String(d) }
-            missing.append(String(m.output.1))
-            return ""
-        }
-        guard missing.isEmpty else { throw Missing(names: Array(Set(missing)).sorted()) }
-        return out
-    }
-}
-
 /// The part of Go's text/template the ClusterClass's patches use: `{{ .name }}`. Anything else is an
 /// error, so that the test covers every template the class has.
 enum GoTemplate {

@@ -10,6 +10,7 @@ import Logging
 import Placement
 import Testing
 import TestSupport
+import Yams
 
 /// The MicrovmMachine reconciler against the in-process test API server (no Kubernetes API server
 /// runs here) and a real flintlockd booting real microVMs.
@@ -195,6 +196,76 @@ struct CAPMVMMachineEndToEndTests {
                 let deadline = ContinuousClock.now + .seconds(60)
                 while ContinuousClock.now < deadline, try await !client.list().isEmpty { try await Task.sleep(for: .milliseconds(500)) }
                 #expect(try await client.list().isEmpty, "the new leader deleted the VM")
+            }
+        }
+    }
+}
+
+/// The flannel flavor of cluster-template.yaml, rendered for a real agent and the test images and
+/// applied over HTTP (each object validated against its CRD by the test API server); then one
+/// control-plane machine made from its objects as Cluster API's controllers would.
+@Suite("capmvm with the cluster template", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd, QEMU and TAP (always runs in CI)"))
+struct CAPMVMTemplateEndToEndTests {
+    @Test("cluster-template-flannel.yaml applied as clusterctl would; a control-plane Machine and MicrovmMachine from its templates → a microVM on HOST_ENDPOINT with the template's size and images → ready")
+    func templateMachine() async throws {
+        let env = try await TestEnvironment.shared()
+        try await withTestAPI { server, kube in
+            let agents = AgentConnections()
+            defer { agents.closeAll() }
+            try await withAgent(env) { agent in
+                let ns = "tmpl"
+                let text = try String(contentsOfFile: "\(SchemaValidator.repositoryRoot)/templates/cluster-template-flannel.yaml", encoding: .utf8)
+                let rendered = try Envsubst.substitute(text, [
+                    "CLUSTER_NAME": "tmpl", "CONTROL_PLANE_VIP": "10.97.0.95", "HOST_ENDPOINT": agent.address, "KUBERNETES_VERSION": "v1.31.4",
+                    "MVM_ROOT_IMAGE": env.rootImage, "MVM_KERNEL_IMAGE": env.kernelImage, "CONTROL_PLANE_MACHINE_COUNT": "1", "WORKER_MACHINE_COUNT": "0",
+                ])
+                let schemas = try SchemaValidator.project()
+                var objects: [[String: Any]] = []
+                for doc in rendered.components(separatedBy: "\n---\n") {
+                    let o = try #require(try Yams.load(yaml: doc) as? [String: Any])
+                    let apiVersion = o["apiVersion"] as? String ?? "", kind = o["kind"] as? String ?? ""
+                    let path = apiVersion == "v1" ? "/api/v1/namespaces/\(ns)/\(kind.lowercased())s"
+                        : "/apis/\(apiVersion)/namespaces/\(ns)/\(try #require(schemas.entry(apiVersion: apiVersion, kind: kind)).plural)"
+                    let body = String(decoding: try JSONSerialization.data(withJSONObject: o), as: UTF8.self)
+                    let code = try await HostProcess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json",
+                                                          "--data-binary", body, "\(server.server)\(path)"])
+                    #expect(code == "201", "POST \(kind): \(code)")
+                    objects.append(o)
+                }
+                #expect(objects.count == 9)
+
+                // What Cluster API's controllers would do next: the Cluster points at its infrastructure,
+                // which is ready; KubeadmControlPlane makes a Machine, its bootstrap Secret and a
+                // MicrovmMachine from the control plane's MicrovmMachineTemplate.
+                _ = try await kube.mergePatch(Cluster.self, name: "tmpl", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+                let template = try await kube.get(MicrovmMachineTemplate.self, name: "tmpl-control-plane", namespace: ns)
+                _ = try await kube.create(Secret(metadata: ObjectMeta(name: "tmpl-control-plane-x1", namespace: ns), type: "cluster.x-k8s.io/secret",
+                                                 data: ["value": Data("## template: jinja\n#cloud-config\n".utf8)]))
+                let machine = try await kube.create(Machine(
+                    metadata: ObjectMeta(name: "tmpl-control-plane-x1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "tmpl", ClusterAPIGroup.controlPlaneLabel: ""]),
+                    spec: .init(clusterName: "tmpl", bootstrap: .init(dataSecretName: "tmpl-control-plane-x1"), infrastructureRef: .microvmMachine("tmpl-control-plane-x1"))))
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "tmpl-control-plane-x1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "tmpl"], ownerReferences: [
+                    OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "tmpl-control-plane-x1", uid: machine.metadata.uid ?? "")]), spec: template.spec.template.spec))
+
+                let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
+                try await eventually("the machine is ready", timeout: .seconds(120)) {
+                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-x1")
+                    return try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns).status?.ready == true
+                }
+                let client = try agent.client()
+                defer { client.close() }
+                let vm = try #require(try await client.list(namespace: ns).first)
+                #expect(vm.spec.vcpu == 2 && vm.spec.memoryInMb == 2048, "the template's size")
+                #expect(vm.spec.kernel.filename == "boot/vmlinuz" && vm.spec.rootVolume.source.containerSource == env.rootImage)
+                let m = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns)
+                #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
+
+                try await kube.delete(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns)
+                try await eventually("the machine is gone with its VM") {
+                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-x1")
+                    do { _ = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns); return false } catch let e as KubernetesAPIError where e.isNotFound { return true }
+                }
+                #expect(try await client.list().isEmpty)
             }
         }
     }
