@@ -258,6 +258,20 @@ public struct MachineAddress: Codable, Sendable, Equatable {
     }
 }
 
+/// The `spec` of a template kind: `{template: {metadata, spec}}`.
+public struct TemplateResourceSpec<Inner: Codable & Sendable & Equatable>: Codable, Sendable, Equatable {
+    public struct Template: Codable, Sendable, Equatable {
+        public var metadata: ObjectMeta?
+        public var spec: Inner
+        public init(metadata: ObjectMeta? = nil, spec: Inner) {
+            self.metadata = metadata
+            self.spec = spec
+        }
+    }
+    public var template: Template
+    public init(template: Template) { self.template = template }
+}
+
 /// A MicrovmCluster as a ClusterClass's infrastructure template.
 public struct MicrovmClusterTemplate: KubernetesObject, Equatable {
     public static let resource = ResourceType(group: InfrastructureGroup.group, version: InfrastructureGroup.version, kind: "MicrovmClusterTemplate", plural: "microvmclustertemplates")
@@ -265,18 +279,8 @@ public struct MicrovmClusterTemplate: KubernetesObject, Equatable {
     public var kind: String? = "MicrovmClusterTemplate"
     public var metadata: ObjectMeta
     public var spec: Spec
-    public struct Spec: Codable, Sendable, Equatable {
-        public var template: Template
-        public init(template: Template) { self.template = template }
-    }
-    public struct Template: Codable, Sendable, Equatable {
-        public var metadata: ObjectMeta?
-        public var spec: MicrovmCluster.Spec
-        public init(metadata: ObjectMeta? = nil, spec: MicrovmCluster.Spec) {
-            self.metadata = metadata
-            self.spec = spec
-        }
-    }
+    public typealias Spec = TemplateResourceSpec<MicrovmCluster.Spec>
+    public typealias Template = Spec.Template
 
     public init(metadata: ObjectMeta, spec: Spec) {
         self.metadata = metadata
@@ -290,18 +294,8 @@ public struct MicrovmMachineTemplate: KubernetesObject, Equatable {
     public var kind: String? = "MicrovmMachineTemplate"
     public var metadata: ObjectMeta
     public var spec: Spec
-    public struct Spec: Codable, Sendable, Equatable {
-        public var template: Template
-        public init(template: Template) { self.template = template }
-    }
-    public struct Template: Codable, Sendable, Equatable {
-        public var metadata: ObjectMeta?
-        public var spec: MicrovmMachine.Spec
-        public init(metadata: ObjectMeta? = nil, spec: MicrovmMachine.Spec) {
-            self.metadata = metadata
-            self.spec = spec
-        }
-    }
+    public typealias Spec = TemplateResourceSpec<MicrovmMachine.Spec>
+    public typealias Template = Spec.Template
 
     public init(metadata: ObjectMeta, spec: Spec) {
         self.metadata = metadata
