@@ -232,7 +232,7 @@ let package = Package(
             ],
             path: "Tests/KubernetesTestServer"
         ),
-        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", "AgentClient", "KubernetesClient", .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", "AgentClient", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CAPMVMAPITests", dependencies: ["CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", "Placement", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),

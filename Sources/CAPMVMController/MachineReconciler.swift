@@ -58,15 +58,23 @@ public struct MachineReconciler: Sendable {
         let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
         // How each host is reached: the cluster's basic-auth tokens, TLS Secret and proxy; in a
         // dynamic pool, a MicrovmHost's own credentials and proxy come first.
-        let tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
-        let clusterTLS = try await tlsSecret(mvmCluster.spec.tlsSecretRef, namespace: namespace)
-        let clusterProxy = try AgentCredentials.proxy(mvmCluster.spec.microvmProxy)
+        let tokens: [String: String], clusterTLS: AgentClient.TLSOptions?, clusterProxy: HTTPConnectProxy?
         var poolHosts: [MicrovmHost] = []
         var hostCredentials: [String: AgentCredentials] = [:]
-        if let dynamic = mvmCluster.spec.placement.dynamicPool {
-            let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            poolHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
-            for h in poolHosts { hostCredentials[h.spec.endpoint] = try await HostReconciler.credentials(kube, host: h) }
+        do {
+            tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
+            clusterTLS = try await tlsSecret(mvmCluster.spec.tlsSecretRef, namespace: namespace)
+            clusterProxy = try AgentCredentials.proxy(mvmCluster.spec.microvmProxy)
+            if let dynamic = mvmCluster.spec.placement.dynamicPool {
+                let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+                poolHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
+                for h in poolHosts { hostCredentials[h.spec.endpoint] = try await HostReconciler.credentials(kube, host: h) }
+            }
+        } catch let e as CredentialsError {
+            return try await credentialsProblem(m, e.description)
+        } catch let e as KubernetesAPIError where e.isNotFound {
+            // A Secret the cluster or a host names is missing: say so on the machine, look again later.
+            return try await credentialsProblem(m, e.message)
         }
         let poolEndpoints = mvmCluster.spec.placement.dynamicPool != nil ? poolHosts.map(\.spec.endpoint) : hosts.map(\.endpoint)
         func credentials(_ endpoint: String) -> AgentCredentials {
@@ -274,6 +282,14 @@ public struct MachineReconciler: Sendable {
             change(&st)
             o.status = st
         }
+    }
+
+    /// The agents' credentials cannot be read: the machine says why (it is not a terminal failure:
+    /// fixing the Secret or the field lets it go on).
+    func credentialsProblem(_ m: MicrovmMachine, _ message: String) async throws -> ReconcileResult {
+        logger.warning("agent credentials unusable", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")", "error": "\(message)"])
+        try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "AgentCredentialsInvalid", message: message)) }
+        return .requeue(after: pendingRequeue)
     }
 
     /// The TLS settings of a `tlsSecretRef` Secret (nil when none is named).

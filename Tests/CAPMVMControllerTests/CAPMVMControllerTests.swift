@@ -3,6 +3,8 @@ import CAPMVMAPI
 import CAPMVMController
 import Foundation
 import KubernetesClient
+import KubernetesTestServer
+import Logging
 import Testing
 import Yams
 
@@ -70,5 +72,44 @@ struct CAPMVMControllerTests {
         let mutual = try #require(try AgentCredentials.tls(from: secret(["ca.crt", "tls.crt", "tls.key"])))
         #expect(mutual.clientCertificate == .pem(Array("PEM tls.crt".utf8)) && mutual.clientKey == .pem(Array("PEM tls.key".utf8)))
         #expect(throws: CredentialsError.self) { try AgentCredentials.tls(from: secret(["ca.crt", "tls.crt"])) }
+    }
+
+    @Test("a missing TLS Secret, half a key pair or a bad proxy: the machine's MicrovmReady condition says AgentCredentialsInvalid and why, and nothing is created")
+    func credentialProblems() async throws {
+        let server = try await TestAPIServer.start(schemas: try SchemaValidator.project())
+        let kube = try KubernetesClient(connection: KubernetesConnection(server: server.server), logger: Logger(label: "kube"))
+        let agents = AgentConnections()
+        defer { agents.closeAll() }
+        let ns = "creds"
+        _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "c", namespace: ns), spec: .init(
+            controlPlaneEndpoint: APIEndpoint(host: "10.0.0.1", port: 6443), placement: .init(staticPool: .init(hosts: [.init(endpoint: "127.0.0.1:1")])),
+            tlsSecretRef: "agent-tls")))
+        _ = try await kube.create(Cluster(metadata: ObjectMeta(name: "c", namespace: ns)))
+        _ = try await kube.mergePatch(Cluster.self, name: "c", namespace: ns, patch: Data(#"{"spec":{"infrastructureRef":{"kind":"MicrovmCluster","name":"c"}}}"#.utf8))
+        _ = try await kube.mergePatch(Cluster.self, name: "c", namespace: ns, patch: Data(#"{"status":{"infrastructureReady":true}}"#.utf8), status: true)
+        let machine = try await kube.create(Machine(metadata: ObjectMeta(name: "m", namespace: ns), spec: .init(clusterName: "c", bootstrap: .init(dataSecretName: "b"), infrastructureRef: .microvmMachine("m"))))
+        _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "m", namespace: ns, ownerReferences: [
+            OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "m", uid: machine.metadata.uid ?? "")]),
+            spec: .init(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: "r"), kernel: .init(image: "k", filename: "f"), networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])))
+        let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
+        func condition() async throws -> Condition? {
+            _ = try await reconciler.reconcile(namespace: ns, name: "m")
+            return try await kube.get(MicrovmMachine.self, name: "m", namespace: ns).status?.conditions?.first { $0.type == "MicrovmReady" }
+        }
+        let missing = try await condition()
+        #expect(missing?.reason == "AgentCredentialsInvalid" && missing?.message?.contains("agent-tls") == true, "\(String(describing: missing))")
+        _ = try await kube.create(Secret(metadata: ObjectMeta(name: "agent-tls", namespace: ns), data: ["tls.crt": Data("PEM".utf8)]))
+        let half = try await condition()
+        #expect(half?.reason == "AgentCredentialsInvalid" && half?.message?.contains("tls.key") == true, "\(String(describing: half))")
+        // The CRD's pattern refuses most bad endpoints (a scheme other than http://); capmvm the rest.
+        await #expect(throws: KubernetesAPIError.self) {
+            try await kube.mergePatch(MicrovmCluster.self, name: "c", namespace: ns, patch: Data(#"{"spec":{"microvmProxy":{"endpoint":"socks5://p:1080"}}}"#.utf8))
+        }
+        _ = try await kube.mergePatch(MicrovmCluster.self, name: "c", namespace: ns, patch: Data(#"{"spec":{"tlsSecretRef":null,"microvmProxy":{"endpoint":"p:99999"}}}"#.utf8))
+        let proxy = try await condition()
+        #expect(proxy?.reason == "AgentCredentialsInvalid" && proxy?.message?.contains("is not http://host:port") == true, "\(String(describing: proxy))")
+        #expect(try await kube.get(MicrovmMachine.self, name: "m", namespace: ns).spec.providerID == nil)
+        try await kube.shutdown()
+        try await server.stop()
     }
 }
