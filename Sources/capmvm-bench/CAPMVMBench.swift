@@ -104,7 +104,7 @@ struct CAPMVMBench: AsyncParsableCommand {
                 _ = try await kube.create(Secret(metadata: ObjectMeta(name: "\(name)-bootstrap", namespace: ns), data: ["value": Data("#cloud-config\n".utf8)]))
                 let machine = try await kube.create(Machine(metadata: ObjectMeta(name: name, namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "bench"]),
                                                             spec: .init(clusterName: "bench", bootstrap: .init(dataSecretName: "\(name)-bootstrap"), infrastructureRef: .microvmMachine(name))))
-                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 128, rootVolume: .init(id: "root", image: "\(registry)/lm-test/root:latest"),
+                let spec = MicrovmMachine.Spec(vcpu: 1, memoryMb: 1024, rootVolume: .init(id: "root", image: "\(registry)/lm-test/root:latest"),
                                                kernel: .init(image: "\(registry)/lm-test/kernel:latest", filename: "boot/vmlinuz"),
                                                initrd: .init(image: "\(registry)/lm-test/kernel:latest", filename: "boot/initrd"), networkInterfaces: [.init(guestDeviceName: "eth0", type: "tap")])
                 let created = Date()
