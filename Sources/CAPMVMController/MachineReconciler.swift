@@ -111,7 +111,7 @@ public struct MachineReconciler: Sendable {
         if host == nil {
             for endpoint in poolEndpoints {
                 guard let client = try? agents.client(endpoint: endpoint, credentials: credentials(endpoint)),
-                      let found = try? await findVM(client, machine: m, namespace: namespace, name: name, uid: nil) else { continue }
+                      let found = try? await findVM(client, machine: m, namespace: namespace, uid: nil) else { continue }
                 (host, vm) = (endpoint, found)
                 break
             }
@@ -137,7 +137,7 @@ public struct MachineReconciler: Sendable {
         }
         let agent = try agents.client(endpoint: host, credentials: credentials(host))
         if vm == nil {
-            do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: existing?.uid) } catch let e as RPCError where e.code == .unavailable {
+            do { vm = try await findVM(agent, machine: m, namespace: namespace, uid: existing?.uid) } catch let e as RPCError where e.code == .unavailable {
                 // The host is down: say so, keep the machine as it is, look again later.
                 try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "Unknown", severity: "Warning", reason: "HostUnreachable", message: "host \(host): \(e.message)")) }
                 return .requeue(after: pendingRequeue)
@@ -182,12 +182,15 @@ public struct MachineReconciler: Sendable {
         return Scheduler.place(request, on: hosts.map(HostReconciler.candidate))
     }
 
-    /// The machine's VM on `agent`: by uid when known, else by namespace and name with the machine's uid label.
-    func findVM(_ agent: AgentClient, machine m: MicrovmMachine, namespace: String, name: String, uid: String?) async throws -> AgentClient.MicroVM? {
+    /// The machine's VM on `agent`: by uid when known, else the VM in the namespace carrying the
+    /// machine's uid label (the VM is named after the Machine, which need not share the
+    /// MicrovmMachine's name, so the label is what identifies it).
+    func findVM(_ agent: AgentClient, machine m: MicrovmMachine, namespace: String, uid: String?) async throws -> AgentClient.MicroVM? {
         if let uid {
             do { return try await agent.get(uid: uid) } catch let e as RPCError where e.code == .notFound {}
         }
-        return try await agent.list(namespace: namespace, name: name).first { $0.spec.labels[machineUIDLabel] == m.metadata.uid }
+        guard let machineUID = m.metadata.uid, !machineUID.isEmpty else { return nil }
+        return try await agent.list(namespace: namespace).first { $0.spec.labels[machineUIDLabel] == machineUID }
     }
 
     func reportState(_ m: MicrovmMachine, vm: AgentClient.MicroVM) async throws -> ReconcileResult {
@@ -232,7 +235,7 @@ public struct MachineReconciler: Sendable {
     }
 
     func reconcileDelete(_ m: MicrovmMachine, hosts: [String], credentials: (String) -> AgentCredentials) async throws -> ReconcileResult {
-        let name = m.metadata.name ?? "", namespace = m.metadata.namespace ?? "default"
+        let namespace = m.metadata.namespace ?? "default"
         let known = m.spec.providerID.flatMap(ProviderID.init)
         // Where the VM may be: its providerID's host, else the host recorded before the create, else
         // every host of the pool.
@@ -240,7 +243,7 @@ public struct MachineReconciler: Sendable {
         for host in known.map({ [$0.host] }) ?? recorded ?? hosts {
             let agent = try agents.client(endpoint: host, credentials: credentials(host))
             let vm: AgentClient.MicroVM?
-            do { vm = try await findVM(agent, machine: m, namespace: namespace, name: name, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {
+            do { vm = try await findVM(agent, machine: m, namespace: namespace, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {
                 try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmDeleteFailed", message: "host \(host) unreachable: \(e.message)")) }
                 return .requeue(after: .seconds(10))
             }

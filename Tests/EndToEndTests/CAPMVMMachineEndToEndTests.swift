@@ -243,27 +243,37 @@ struct CAPMVMTemplateEndToEndTests {
                                                  data: ["value": Data("## template: jinja\n#cloud-config\n".utf8)]))
                 let machine = try await kube.create(Machine(
                     metadata: ObjectMeta(name: "tmpl-control-plane-x1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "tmpl", ClusterAPIGroup.controlPlaneLabel: ""]),
-                    spec: .init(clusterName: "tmpl", bootstrap: .init(dataSecretName: "tmpl-control-plane-x1"), infrastructureRef: .microvmMachine("tmpl-control-plane-x1"))))
-                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "tmpl-control-plane-x1", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "tmpl"], ownerReferences: [
+                    spec: .init(clusterName: "tmpl", bootstrap: .init(dataSecretName: "tmpl-control-plane-x1"), infrastructureRef: .microvmMachine("tmpl-control-plane-9f2kq"))))
+                // The infrastructure machine's name need not be the Machine's (the VM is named after the Machine).
+                _ = try await kube.create(MicrovmMachine(metadata: ObjectMeta(name: "tmpl-control-plane-9f2kq", namespace: ns, labels: [ClusterAPIGroup.clusterNameLabel: "tmpl"], ownerReferences: [
                     OwnerReference(apiVersion: "cluster.x-k8s.io/v1beta1", kind: "Machine", name: "tmpl-control-plane-x1", uid: machine.metadata.uid ?? "")]), spec: template.spec.template.spec))
 
                 let reconciler = MachineReconciler(kube: kube, agents: agents, logger: Logger(label: "capmvm"))
+                // The first pass creates the VM but cannot record its providerID: the next pass must
+                // find that VM by the machine's uid label, not make another.
+                server.refuseRequests { method, _, body in method == "PATCH" && (body?["spec"] as? [String: Any])?["providerID"] != nil }
+                await #expect(throws: KubernetesAPIError.self) { _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-9f2kq") }
+                #expect(server.refusedRequests == 1)
+                server.refuseRequests(where: nil)
                 try await eventually("the machine is ready", timeout: .seconds(120)) {
-                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-x1")
-                    return try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns).status?.ready == true
+                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-9f2kq")
+                    return try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-9f2kq", namespace: ns).status?.ready == true
                 }
                 let client = try agent.client()
                 defer { client.close() }
-                let vm = try #require(try await client.list(namespace: ns).first)
+                let vms = try await client.list(namespace: ns)
+                #expect(vms.count == 1, "one VM, named after the Machine: \(vms.map(\.spec.id))")
+                let vm = try #require(vms.first)
+                #expect(vm.spec.id == "tmpl-control-plane-x1")
                 #expect(vm.spec.vcpu == 2 && vm.spec.memoryInMb == 2048, "the template's size")
                 #expect(vm.spec.kernel.filename == "boot/vmlinuz" && vm.spec.rootVolume.source.containerSource == env.rootImage)
-                let m = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns)
+                let m = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-9f2kq", namespace: ns)
                 #expect(m.spec.providerID == "microvm://\(agent.address)/\(vm.spec.uid)")
 
-                try await kube.delete(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns)
+                try await kube.delete(MicrovmMachine.self, name: "tmpl-control-plane-9f2kq", namespace: ns)
                 try await eventually("the machine is gone with its VM") {
-                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-x1")
-                    do { _ = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-x1", namespace: ns); return false } catch let e as KubernetesAPIError where e.isNotFound { return true }
+                    _ = try await reconciler.reconcile(namespace: ns, name: "tmpl-control-plane-9f2kq")
+                    do { _ = try await kube.get(MicrovmMachine.self, name: "tmpl-control-plane-9f2kq", namespace: ns); return false } catch let e as KubernetesAPIError where e.isNotFound { return true }
                 }
                 #expect(try await client.list().isEmpty)
             }
