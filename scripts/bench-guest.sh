@@ -30,6 +30,9 @@ print(" ".join(v["spec"]["uid"] for v in vms if "spec" in v))' 2>/dev/null); do
   done
   kill "$agent" 2>/dev/null || true
   wait "$agent" 2>/dev/null || true
+  # What the agent set up for its bridge outlives it (by design, for running guests): remove it here.
+  nft delete table ip liquidmetal_lmbench0 2>/dev/null || true
+  ip link del lmbench0 2>/dev/null || true
   rm -rf "$state"
 }
 trap cleanup EXIT

@@ -53,7 +53,9 @@ public enum GuestMetadata {
         if cloudConfig && !text.hasPrefix("#cloud-config") {
             throw Failure("\(document) is not #cloud-config, so lmctl cannot add to it; put the user and keys into it yourself")
         }
-        guard let map = try Yams.load(yaml: text) as? [String: Any] else { throw Failure("\(document) is not a YAML mapping") }
+        // A document of comments only (say "#cloud-config" alone) is an empty mapping, as cloud-init reads it.
+        guard let loaded = try Yams.load(yaml: text) else { return [:] }
+        guard let map = loaded as? [String: Any] else { throw Failure("\(document) is not a YAML mapping") }
         return map
     }
 }

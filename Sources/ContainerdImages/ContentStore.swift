@@ -4,6 +4,7 @@ import GRPCCore
 import NIOCore
 import OCIImage
 import OCIRegistry
+import Synchronization
 import MicroVMCore
 
 /// containerd's content store: info, read, streaming write and labels.
@@ -77,59 +78,72 @@ extension ContainerdConnection {
         produce: @escaping @Sendable (_ offset: Int64, _ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
         let (startOffsets, startContinuation) = AsyncStream.makeStream(of: Int64.self)
-        // Fails fast when containerd is gone; after a dropped connection the caller waits a little and retries.
-        try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
-            try await writer.write(.with {
-                $0.action = .stat
-                $0.ref = ref
-                $0.total = expected.size
-                $0.expected = expected.digest
-            })
-            var starts = startOffsets.makeAsyncIterator()
-            guard let start = await starts.next() else { throw RPCError(code: .unavailable, message: "no answer to the ingest stat") }
-            await progress.set(start)
-            if start < expected.size {
-                try await produce(start) { buffer in
-                    var buffer = buffer
-                    // Keep each message well under containerd's 16 MiB limit.
-                    while buffer.readableBytes > 0 {
-                        let n = min(buffer.readableBytes, 1 << 20)
-                        let bytes = buffer.readData(length: n)!
-                        let offset = await progress.value
-                        guard offset + Int64(n) <= expected.size else {
-                            throw RegistryError(message: "blob \(expected.digest): more than the expected \(expected.size) bytes")
+        // gRPC reports any error of the request stream as the stream closing (UNAVAILABLE): keep the
+        // source's own errors (the registry's, a wrong size) to throw them as they are, unretried.
+        let sourceFailure = ErrorBox()
+        do {
+            // Fails fast when containerd is gone; after a dropped connection the caller waits a little and retries.
+            try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
+                do {
+                    try await writer.write(.with {
+                        $0.action = .stat
+                        $0.ref = ref
+                        $0.total = expected.size
+                        $0.expected = expected.digest
+                    })
+                    var starts = startOffsets.makeAsyncIterator()
+                    guard let start = await starts.next() else { throw RPCError(code: .unavailable, message: "no answer to the ingest stat") }
+                    await progress.set(start)
+                    if start < expected.size {
+                        try await produce(start) { buffer in
+                            var buffer = buffer
+                            // Keep each message well under containerd's 16 MiB limit.
+                            while buffer.readableBytes > 0 {
+                                let n = min(buffer.readableBytes, 1 << 20)
+                                let bytes = buffer.readData(length: n)!
+                                let offset = await progress.value
+                                guard offset + Int64(n) <= expected.size else {
+                                    throw RegistryError(message: "blob \(expected.digest): more than the expected \(expected.size) bytes")
+                                }
+                                try await writer.write(.with {
+                                    $0.action = .write
+                                    $0.ref = ref
+                                    $0.total = expected.size
+                                    $0.expected = expected.digest
+                                    $0.offset = offset
+                                    $0.data = bytes
+                                })
+                                await progress.set(offset + Int64(n))
+                            }
                         }
-                        try await writer.write(.with {
-                            $0.action = .write
-                            $0.ref = ref
-                            $0.total = expected.size
-                            $0.expected = expected.digest
-                            $0.offset = offset
-                            $0.data = bytes
-                        })
-                        await progress.set(offset + Int64(n))
                     }
+                    let written = await progress.value
+                    guard written == expected.size else {
+                        throw RegistryError(message: "blob \(expected.digest): got \(written) bytes, expected \(expected.size)")
+                    }
+                    try await writer.write(.with {
+                        $0.action = .commit
+                        $0.ref = ref
+                        $0.total = expected.size
+                        $0.expected = expected.digest
+                        $0.offset = written
+                        $0.labels = labels
+                    })
+                } catch let e where !(e is RPCError) {
+                    sourceFailure.set(e)
+                    throw e
+                }
+            } onResponse: { response in
+                defer { startContinuation.finish() }
+                var first = true
+                for try await r in response.messages {
+                    if first { startContinuation.yield(r.offset); first = false }
+                    if r.action == .commit { return }
                 }
             }
-            let written = await progress.value
-            guard written == expected.size else {
-                throw RegistryError(message: "blob \(expected.digest): got \(written) bytes, expected \(expected.size)")
-            }
-            try await writer.write(.with {
-                $0.action = .commit
-                $0.ref = ref
-                $0.total = expected.size
-                $0.expected = expected.digest
-                $0.offset = written
-                $0.labels = labels
-            })
-        } onResponse: { response in
-            defer { startContinuation.finish() }
-            var first = true
-            for try await r in response.messages {
-                if first { startContinuation.yield(r.offset); first = false }
-                if r.action == .commit { return }
-            }
+        } catch {
+            if let source = sourceFailure.value { throw source }
+            throw error
         }
     }
 
@@ -146,6 +160,13 @@ extension ContainerdConnection {
 }
 
 /// Bytes of a blob that containerd has (as far as this writer knows).
+/// The first error of a write's source (not of the gRPC stream).
+final class ErrorBox: Sendable {
+    let stored = Mutex<(any Error)?>(nil)
+    func set(_ e: any Error) { stored.withLock { if $0 == nil { $0 = e } } }
+    var value: (any Error)? { stored.withLock { $0 } }
+}
+
 actor OffsetBox {
     var value: Int64 = 0
     func set(_ v: Int64) { value = v }

@@ -38,6 +38,9 @@ public final class HostAgent: Service {
         }
         let accel = await QEMUAcceleration.choose(requested: c.qemuAccel, binary: qemuPath, workDirectory: "\(c.stateDir)/probe", logger: logger)
         let vmm = QEMUVMM(binary: qemuPath, accelerator: accel, shutdownTimeout: c.shutdownTimeout, logger: logger)
+        if let parent = c.parentIface, !HostFiles.exists("/sys/class/net/\(parent)") {
+            throw AgentError(.failedPrecondition, "--parent-iface \(parent): no such network interface on this host")
+        }
         try await AgentBridge(network: try c.agentNetwork(), stateDirectory: c.stateDir, logger: logger).reconcile()
         return HostAgent(configuration: c, repository: repo, images: images, vmm: vmm, logger: logger)
     }

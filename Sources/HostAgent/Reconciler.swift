@@ -350,8 +350,9 @@ public final class Reconciler: Sendable {
             interfaces = vm.spec.interfaces.map { iface in
                 var address = iface.address
                 if address == nil, let a = allocated[iface.deviceID] {
-                    // The bridge's address is the gateway (unless the agent no longer owns it).
-                    let net = settings.agentNetwork
+                    // The bridge's address is the gateway, unless the agent no longer owns it or its
+                    // network changed since the address was allocated (then no gateway is better than a wrong one).
+                    let net = settings.agentNetwork.flatMap { n in IPv4Interface(cidr: a).map { n.gateway.networkCIDR == $0.networkCIDR } == true ? n : nil }
                     address = StaticAddress(address: a, gateway: net?.gateway.address.description, nameservers: net?.nameservers ?? [])
                 }
                 return GuestInterface(deviceID: iface.deviceID, mac: iface.guestMAC ?? generatedMAC(uid: vm.uid, deviceID: iface.deviceID), address: address)

@@ -39,26 +39,37 @@ public struct AgentBridge: Sendable {
     public func reconcile() async throws {
         var records = (try? JSONDecoder().decode([Record].self, from: Data(contentsOf: URL(fileURLWithPath: recordFile)))) ?? []
         for r in records where r.bridge != network?.bridge || r.cidr != network?.gateway.description {
-            try await remove(r)
+            let kept = try await remove(r)
             records.removeAll { $0 == r }
+            if kept {
+                // A bridge the agent made, still in use: keep owning it, to remove it once it is free
+                // (or to go on with it, when only its address changed).
+                var k = r
+                k.addedAddress = false
+                if let net = network, net.bridge == r.bridge { k.cidr = net.gateway.description }
+                records.append(k)
+            }
             try save(records)
         }
         guard let net = network else { return }
         let sys = "/sys/class/net/\(net.bridge)"
         var record = records.first { $0.bridge == net.bridge } ?? Record(bridge: net.bridge, cidr: net.gateway.description, createdBridge: false, addedAddress: false, table: Self.tableName(bridge: net.bridge))
+        // Each change is recorded before it is made, so that a failure or a crash half-way still
+        // leaves a trace to clean up (removal tolerates what is not there).
         if !HostFiles.exists(sys) {
-            try await HostProcess.run(["ip", "link", "add", net.bridge, "type", "bridge"])
             record.createdBridge = true
+            try save(records.filter { $0.bridge != net.bridge } + [record])
+            try await HostProcess.run(["ip", "link", "add", net.bridge, "type", "bridge"])
             logger.info("created bridge", metadata: ["bridge": "\(net.bridge)"])
         } else if !HostFiles.exists("\(sys)/bridge") {
             throw AgentError(.failedPrecondition, "--bridge-name \(net.bridge) exists on this host and is not a bridge")
         }
-        // Record before acting further, so a crash in between still leaves a trace to clean up.
         try save(records.filter { $0.bridge != net.bridge } + [record])
         let addrs = try await HostProcess.run(["ip", "-o", "-4", "addr", "show", "dev", net.bridge])
         if !addrs.contains(" \(net.gateway.description) ") {
-            try await HostProcess.run(["ip", "addr", "add", net.gateway.description, "dev", net.bridge])
             record.addedAddress = true
+            try save(records.filter { $0.bridge != net.bridge } + [record])
+            try await HostProcess.run(["ip", "addr", "add", net.gateway.description, "dev", net.bridge])
         }
         try await HostProcess.run(["ip", "link", "set", net.bridge, "up"])
         let forwarding = "/proc/sys/net/ipv4/ip_forward"
@@ -93,21 +104,25 @@ public struct AgentBridge: Sendable {
         """
     }
 
-    func remove(_ r: Record) async throws {
+    /// Undoes what a record says the agent did; true when a bridge it created is left in place
+    /// because devices are still attached.
+    func remove(_ r: Record) async throws -> Bool {
         if (try? await HostProcess.run(["nft", "list", "table", "ip", r.table])) != nil {
             try await HostProcess.run(["nft", "delete", "table", "ip", r.table])
             logger.info("removed nftables table no longer configured", metadata: ["nft-table": "ip \(r.table)"])
         }
         let sys = "/sys/class/net/\(r.bridge)"
-        guard HostFiles.exists(sys) else { return }
+        guard HostFiles.exists(sys) else { return false }
         let ports = (try? FileManager.default.contentsOfDirectory(atPath: "\(sys)/brif")) ?? []
         if r.createdBridge && ports.isEmpty {
             try await HostProcess.run(["ip", "link", "del", r.bridge])
             logger.info("removed bridge no longer configured", metadata: ["bridge": "\(r.bridge)"])
-        } else if r.addedAddress {
-            _ = try? await HostProcess.run(["ip", "addr", "del", r.cidr, "dev", r.bridge])
-            if r.createdBridge { logger.warning("bridge \(r.bridge) is no longer configured but still has devices attached: \(ports.joined(separator: ", ")); left in place") }
+            return false
         }
+        if r.addedAddress { _ = try? await HostProcess.run(["ip", "addr", "del", r.cidr, "dev", r.bridge]) }
+        guard r.createdBridge else { return false }
+        logger.warning("bridge \(r.bridge) still has devices attached: \(ports.joined(separator: ", ")); left in place; removed at a later start once they are gone")
+        return true
     }
 
     func save(_ records: [Record]) throws {

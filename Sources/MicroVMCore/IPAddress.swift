@@ -40,7 +40,7 @@ public struct IPv4Interface: Sendable, Hashable, CustomStringConvertible {
     public init?(cidr: String) {
         let parts = cidr.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let a = IPv4Address(parts[0]), parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-              (1...2).contains(parts[1].count), let n = Int(parts[1]), (0...32).contains(n) else { return nil }
+              (1...2).contains(parts[1].count), parts[1].count == 1 || parts[1].first != "0", let n = Int(parts[1]), (0...32).contains(n) else { return nil }
         address = a
         prefixLength = n
     }
@@ -72,10 +72,12 @@ public enum IPText {
 
     /// Splits "ADDR/N" into its parts when ADDR is an IPv4 or IPv6 address and N fits the family.
     public static func cidr(_ s: String) -> (address: String, prefix: Int, v6: Bool)? {
+        // IPv4 through IPv4Interface, the parser the address pool uses, so that both agree.
+        if let v4 = IPv4Interface(cidr: s) { return (v4.address.description, v4.prefixLength, false) }
         let parts = s.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), (1...3).contains(parts[1].count), let n = Int(parts[1]) else { return nil }
+        guard parts.count == 2, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), (1...3).contains(parts[1].count),
+              parts[1].count == 1 || parts[1].first != "0", let n = Int(parts[1]) else { return nil }
         let a = String(parts[0])
-        if IPv4Address(a) != nil, n <= 32 { return (a, n, false) }
         if isIPv6(a), n <= 128 { return (a, n, true) }
         return nil
     }

@@ -137,6 +137,17 @@ extension MicroVMSpec {
                 throw .invalid("\(f).overrides.bridge_name", "a TAP interface needs a bridge: set overrides.bridge_name or start the agent with --bridge-name")
             }
             try Validate.interfaceName(bridge, field: "\(f).overrides.bridge_name")
+            // A static address inside the agent's subnet is taken from its pool: it must be a host
+            // address of that subnet, with its prefix. (One outside it is the user's own network.)
+            if let net = policy.agentNetwork, bridge == net.bridge, let a = iface.address,
+               let v4 = IPv4Interface(cidr: a.address), net.gateway.contains(v4.address) {
+                guard v4.prefixLength == net.gateway.prefixLength else {
+                    throw .invalid("\(f).address.address", "\(a.address) is in the agent's network \(net.gateway.networkCIDR): use its prefix /\(net.gateway.prefixLength)")
+                }
+                guard net.gateway.hostAddresses.contains(v4.address.value) else {
+                    throw .invalid("\(f).address.address", "\(v4.address) is the network or broadcast address of \(net.gateway.networkCIDR)")
+                }
+            }
         }
         try Validate.metadata(metadata)
     }

@@ -123,7 +123,7 @@ struct Create: AsyncParsableCommand {
             Flags given together with -f override the file's values.
             Guest configuration (cloud-init, from a NoCloud seed disk the agent attaches):
               --hostname node-1 --ssh-key-file ~/.ssh/id_ed25519.pub   a hostname and a sudo user "lm" with that key
-              --user-data-file init.yaml                                your own user-data (keys are added if it is #cloud-config)
+              --user-data-file init.yaml                                your own user-data (#cloud-config when --ssh-key-file is also given: the key is added to it)
               --tap eth0:lmbr0 --address eth0=10.0.0.5/24,10.0.0.1,1.1.1.1 --add-network-config
               --volume data,127.0.0.1:5111/lm/data:latest,/data         an extra disk from an image, mounted at /data
             """)
@@ -197,14 +197,18 @@ struct Create: AsyncParsableCommand {
         for a in addresses {
             guard let eq = a.firstIndex(of: "=") else { throw ValidationError("--address \(a): expected DEVICE_ID=ADDR/PREFIX[,GATEWAY[,NAMESERVER...]]") }
             let device = String(a[..<eq])
-            let fields = a[a.index(after: eq)...].split(separator: ",").map(String.init)
-            guard let i = spec.interfaces.firstIndex(where: { $0.deviceID == device }), !fields.isEmpty else {
+            // Empty fields keep their place: "eth0=10.0.0.5/24,,1.1.1.1" has no gateway and one nameserver.
+            let fields = a[a.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard let address = fields.first, !address.isEmpty else {
+                throw ValidationError("--address \(a): expected DEVICE_ID=ADDR/PREFIX[,GATEWAY[,NAMESERVER...]]")
+            }
+            guard let i = spec.interfaces.firstIndex(where: { $0.deviceID == device }) else {
                 throw ValidationError("--address \(a): no interface \(device) (add it with --tap or --macvtap)")
             }
             spec.interfaces[i].address = .with {
-                $0.address = fields[0]
+                $0.address = address
                 if fields.count > 1, !fields[1].isEmpty { $0.gateway = fields[1] }
-                $0.nameservers = Array(fields.dropFirst(2))
+                $0.nameservers = fields.dropFirst(2).filter { !$0.isEmpty }
             }
         }
         if addNetworkConfig { spec.kernel.addNetworkConfig = true }

@@ -75,6 +75,38 @@ struct ContainerdImageServiceTests {
         await service.shutdown()
     }
 
+    @Test("a layer the registry serves short fails the pull naming the blob, not as containerd unreachable, and without retrying the registry")
+    func shortBlob() async throws {
+        let env = try await TestEnvironment.shared()
+        let image = try await TinyImage.make()
+        let imageRef = try ImageReference(parsing: "\(env.registry)/lm-test/short-\(UUID().uuidString.prefix(6).lowercased()):v1")
+        let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
+        _ = try await client.pushBlob(imageRef, digest: image.layerDigest, size: image.layerSize, file: image.layer)
+        _ = try await client.pushBlob(imageRef, data: image.config)
+        _ = try await client.pushManifest(imageRef, mediaType: "application/vnd.oci.image.manifest.v1+json", data: image.manifest)
+        try await client.shutdown()
+        // Cut the layer in the registry's storage: it now serves fewer bytes than the manifest says.
+        let dir = try #require(try await TestEnvironment.scriptVariables()["LM_TEST_ENV"])
+        let hex = image.layerDigest.dropFirst("sha256:".count)
+        let blob = "\(dir)/registry/data/docker/registry/v2/blobs/sha256/\(hex.prefix(2))/\(hex)/data"
+        try await HostProcess.run(["truncate", "-s", String(image.layerSize / 2), blob])
+
+        let (service, cache) = try makeService(env, namespace: "lmit-short-\(UUID().uuidString.prefix(6).lowercased())")
+        defer { try? HostFiles.remove(cache) }
+        let vm = ref("s")
+        let started = ContinuousClock.now
+        do {
+            _ = try await service.volumeImage(reference: imageRef.description, for: vm)
+            Issue.record("a short layer was accepted")
+        } catch {
+            let text = "\(error)"
+            #expect(!text.contains("unreachable") && text.contains(String(hex.prefix(12))), "\(text)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(20), "no rounds of retries against the registry")
+        try await service.releaseLease(for: vm)
+        await service.shutdown()
+    }
+
     @Test("basic auth: configured credentials pull from the private registry; none → a clear error")
     func privateRegistry() async throws {
         let env = try await TestEnvironment.shared()

@@ -445,6 +445,22 @@ struct GuestNetworkTests {
         #expect(n.addressClaims(policy: SpecPolicy(defaultBridge: "lm0")).isEmpty, "no agent network, no claims")
     }
 
+    @Test("static addresses in the agent's subnet: a host address with the subnet's prefix; one parser for the claim and the check")
+    func agentSubnetAddresses() throws {
+        let policy = SpecPolicy(defaultBridge: "lm0", agentNetwork: lm0)
+        for (bad, why) in [("10.200.0.0/24", "network or broadcast"), ("10.200.0.255/24", "network or broadcast"), ("10.200.0.9/16", "use its prefix")] {
+            var s = validSpec()
+            s.interfaces = [tap("eth0", bridge: "lm0", address: bad)]
+            #expect {
+                _ = try s.normalized(policy: policy)
+            } throws: { e in
+                (e as? AgentError)?.message.contains("interfaces[0].address.address") == true && (e as? AgentError)?.message.contains(why) == true
+            }
+        }
+        #expect(IPText.cidr("10.200.0.5/024") == nil && IPv4Interface(cidr: "10.200.0.5/024") == nil, "a prefix with a leading zero is refused by both")
+        #expect(IPText.cidr("10.200.0.5/24")?.prefix == 24 && IPText.cidr("fd00::1/064") == nil)
+    }
+
     @Test("IPv4 parsing: interfaces, subnets, host ranges")
     func ipv4() {
         #expect(IPv4Address("10.0.0.1")?.value == 0x0a00_0001)

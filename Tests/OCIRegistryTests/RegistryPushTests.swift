@@ -9,32 +9,13 @@ import TestSupport
 /// Pushing to real registries: plain HTTP on loopback, basic auth, bearer tokens.
 @Suite("registry push", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs the loopback registries (always runs in CI)"))
 struct RegistryPushTests {
-    /// A tiny image: one layer (a gzip tar made by the system's tar), its config and manifest.
-    func makeImage() async throws -> (layer: String, layerDigest: String, layerSize: Int64, config: Data, manifest: Data) {
-        let dir = NSTemporaryDirectory() + "/lm-push-\(UUID().uuidString.prefix(6))"
-        try HostFiles.createDirectory("\(dir)/root/etc")
-        try Data("pushed \(UUID().uuidString)\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/root/etc/marker"))
-        try await HostProcess.run(["tar", "-C", "\(dir)/root", "-czf", "\(dir)/layer.tar.gz", "etc"])
-        let layerData = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/layer.tar.gz"))
-        let layerDigest = try await sha256(file: "\(dir)/layer.tar.gz")
-        let diffID = "sha256:" + (try await HostProcess.run(["sh", "-c", "gunzip -c '\(dir)/layer.tar.gz' | sha256sum"]).prefix(64))
-        let config = Data(#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["\#(diffID)"]}}"#.utf8)
-        let configDigest = "sha256:" + (try await HostProcess.run(["sh", "-c", "printf '%s' '\(String(decoding: config, as: UTF8.self))' | sha256sum"]).prefix(64))
-        let manifest = Data(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(configDigest)","size":\#(config.count)},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"\#(layerDigest)","size":\#(layerData.count)}]}"#.utf8)
-        return ("\(dir)/layer.tar.gz", layerDigest, Int64(layerData.count), config, manifest)
-    }
-
-    func sha256(file: String) async throws -> String {
-        "sha256:" + (try await HostProcess.run(["sha256sum", file]).prefix(64))
-    }
-
     @Test("push blobs and a manifest; a second push sends no blob; the image reads back", arguments: ["plain", "basic", "token"])
     func pushAndReadBack(kind: String) async throws {
         let env = try await TestEnvironment.shared()
         let registry = kind == "plain" ? env.registry : kind == "basic" ? env.authRegistry : env.tokenRegistry
         let creds = kind == "plain" ? [:] : [registry: RegistryCredential(username: env.authUser, password: env.authPassword)]
         let client = RegistryClient(config: RegistryConfig(credentials: creds), logger: Logger(label: "test"))
-        let image = try await makeImage()
+        let image = try await TinyImage.make()
         let ref = try ImageReference(parsing: "\(registry)/lm-test/pushed:\(kind)")
 
         #expect(try await !client.blobExists(ref, digest: image.layerDigest))
@@ -56,7 +37,7 @@ struct RegistryPushTests {
     func pushWithoutCredentials() async throws {
         let env = try await TestEnvironment.shared()
         let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
-        let image = try await makeImage()
+        let image = try await TinyImage.make()
         let ref = try ImageReference(parsing: "\(env.authRegistry)/lm-test/pushed:nocreds")
         await #expect(throws: RegistryError.self) {
             try await client.pushBlob(ref, digest: image.layerDigest, size: image.layerSize, file: image.layer)
