@@ -51,10 +51,12 @@ let package = Package(
         ),
         // zlib from the system (Debian: zlib1g-dev), for gzip layers.
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // <sys/xattr.h> from the C library (Glibc's Swift module leaves it out): extended attributes in layers.
+        .systemLibrary(name: "CXattr"),
         // OCI images as data: reproducible tar and gzip layers, configs, manifests, image layouts.
         .target(
             name: "OCIImage",
-            dependencies: ["CZlib", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["CZlib", "CXattr", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Builds kernel and root filesystem images (lmctl image build).
         .target(
@@ -211,7 +213,7 @@ let package = Package(
             dependencies: ["HostSystem", "AgentClient"],
             path: "Tests/TestSupport"
         ),
-        .testTarget(name: "OCIImageTests", dependencies: ["OCIImage"]),
+        .testTarget(name: "OCIImageTests", dependencies: ["OCIImage", "CXattr"]),
         .testTarget(
             name: "ImageBuilderTests",
             dependencies: ["ImageBuilder", "OCIRegistry", "MicroVMCore", "HostSystem", "TestSupport", .product(name: "Logging", package: "swift-log")]

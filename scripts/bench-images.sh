@@ -16,7 +16,12 @@ build() { # name args...
   local name=$1; shift
   local t0 t1
   t0=$(now)
-  "$lmctl" image build "$@" --tag "bench/$name:x" --output "oci-layout:$scratch/$name-$RANDOM" --cache-dir "$cache" >/dev/null 2>&1
+  # A failed build must not print a time: its output goes to stderr and the script stops.
+  if ! "$lmctl" image build "$@" --tag "bench/$name:x" --output "oci-layout:$scratch/$name-$RANDOM" --cache-dir "$cache" >"$scratch/$name.log" 2>&1; then
+    echo "bench-images: building $name failed:" >&2
+    tail -20 "$scratch/$name.log" >&2
+    return 1
+  fi
   t1=$(now)
   echo "$t0 $t1" | awk '{printf "%.2f", $2 - $1}'
 }
@@ -37,8 +42,8 @@ for spec in "${specs[@]}"; do
   fi
   rm -rf "$cache"
   # shellcheck disable=SC2086
-  cold=$(build "$name" $args "$@")
+  cold=$(build "$name" $args "$@") || exit 1
   # shellcheck disable=SC2086
-  warm=$(build "$name" $args "$@")
+  warm=$(build "$name" $args "$@") || exit 1
   printf '%-16s %10s %10s %12s\n' "$name" "$cold" "$warm" "$(size "$name")"
 done

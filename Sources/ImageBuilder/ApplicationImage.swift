@@ -32,6 +32,9 @@ public struct ApplicationImage: Sendable {
         if status == .exited(0) {
             for line in out.split(separator: "\n") {
                 let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+                if line.contains("=> not found") {
+                    throw ImageBuildError("\(binary) needs \(fields.first ?? "a library") that this machine does not have (ldd: not found); the image could not run it")
+                }
                 if let arrow = fields.firstIndex(of: "=>"), arrow + 1 < fields.count, fields[arrow + 1].hasPrefix("/") {
                     libraries.append(fields[arrow + 1])
                 } else if let first = fields.first, first.hasPrefix("/") {
@@ -42,6 +45,7 @@ public struct ApplicationImage: Sendable {
         for lib in libraries {
             try place(URL(fileURLWithPath: lib).resolvingSymlinksInPath().path, at: lib, in: directory, mode: 0o755)
         }
+        guard user.wholeMatch(of: /[0-9]+(:[0-9]+)?/) != nil else { throw ImageBuildError("user \"\(user)\" must be UID or UID:GID (numbers)") }
         let (uid, gid) = (user.split(separator: ":").first.map(String.init) ?? "65532", user.split(separator: ":").last.map(String.init) ?? "65532")
         try write("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:\(uid):\(gid):nonroot:/home/nonroot:/sbin/nologin\n", to: "\(directory)/etc/passwd")
         try write("root:x:0:\nnonroot:x:\(gid):\n", to: "\(directory)/etc/group")

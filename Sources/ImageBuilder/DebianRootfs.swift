@@ -80,7 +80,11 @@ public struct DebianRootfs: Sendable {
     /// its -updates and -security suites, else deb.debian.org.
     func archiveSources() throws -> [String] {
         if let mirror = recipe.mirror { return ["deb \(mirror) \(recipe.suite) main"] }
-        let host = AptSources.hostEntries().filter { [recipe.suite, "\(recipe.suite)-updates", "\(recipe.suite)-security"].contains($0.suite) }
+        // The host's entries for Debian's own archive (a mirror of it included), not third-party
+        // repositories that happen to serve the same suite: their keys are not in the image.
+        let host = AptSources.hostEntries().filter {
+            [recipe.suite, "\(recipe.suite)-updates", "\(recipe.suite)-security"].contains($0.suite) && AptSources.isDebianArchive($0.line)
+        }
         if !host.isEmpty { return host.map(\.line) }
         return ["deb http://deb.debian.org/debian \(recipe.suite) main",
                 "deb http://deb.debian.org/debian-security \(recipe.suite)-security main"]
@@ -148,7 +152,7 @@ public struct DebianRootfs: Sendable {
             if !user.sshAuthorizedKeys.isEmpty {
                 let home = "/home/\(user.name)"
                 try write(root, "\(home)/.ssh/authorized_keys", Data((user.sshAuthorizedKeys.joined(separator: "\n") + "\n").utf8), mode: 0o600)
-                try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: "\(root)\(home)/.ssh")
+                try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: try Self.hostPath(of: "\(home)/.ssh", in: root))
                 try await chroot(root, ["chown", "-R", "\(user.name):\(user.name)", "\(home)/.ssh"], what: "user \(user.name)")
             }
         }
@@ -183,13 +187,39 @@ public struct DebianRootfs: Sendable {
     }
 
     func write(_ root: String, _ path: String, _ data: Data, mode: UInt32 = 0o644) throws {
-        let full = root + path
+        let full = try Self.hostPath(of: path, in: root)
         try HostFiles.createDirectory(URL(fileURLWithPath: full).deletingLastPathComponent().path)
         if let attrs = try? FileManager.default.attributesOfItem(atPath: full), attrs[.type] as? FileAttributeType == .typeSymbolicLink {
             try FileManager.default.removeItem(atPath: full)
         }
         try data.write(to: URL(fileURLWithPath: full))
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: full)
+    }
+
+    /// Where `path` of the image is on this machine: every directory on the way is resolved as the
+    /// image sees it (a symlink, absolute ones included, stays inside `root`; Debian has
+    /// `/var/run -> /run`), so that a write never lands on the host. The last component is not
+    /// followed (`write` replaces a symlink there).
+    static func hostPath(of path: String, in root: String) throws -> String {
+        var pending = path.split(separator: "/").map(String.init)
+        guard let last = pending.popLast(), last != ".", last != ".." else { throw ImageBuildError("\(path) is not a file path") }
+        var resolved: [String] = []
+        var hops = 0
+        while !pending.isEmpty {
+            let c = pending.removeFirst()
+            if c == "." { continue }
+            if c == ".." { _ = resolved.popLast(); continue }
+            let candidate = root + "/" + (resolved + [c]).joined(separator: "/")
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: candidate) else {
+                resolved.append(c)
+                continue
+            }
+            hops += 1
+            guard hops <= 40 else { throw ImageBuildError("\(path): too many symbolic links in the image") }
+            if target.hasPrefix("/") { resolved = [] }
+            pending = target.split(separator: "/").map(String.init) + pending
+        }
+        return root + "/" + (resolved + [last]).joined(separator: "/")
     }
 
     func chroot(_ root: String, _ argv: [String], what: String? = nil) async throws {
@@ -224,6 +254,16 @@ public struct DebianRootfs: Sendable {
 /// The host's apt sources (one-line `.list` files and deb822 `.sources` files), as one-line entries.
 enum AptSources {
     struct Entry: Equatable { var line: String; var suite: String }
+
+    /// Whether a source line is Debian's archive (or a mirror of it): a path segment `debian` or
+    /// `debian-security`, and Debian's archive key or none named (apt's default keyring).
+    static func isDebianArchive(_ line: String) -> Bool {
+        guard let p = try? RootfsRecipe.parseSourceLine(line, field: "host source"), let url = URL(string: p.uri) else { return false }
+        let segments = url.path.split(separator: "/")
+        guard segments.contains("debian") || segments.contains("debian-security") else { return false }
+        guard let signedBy = p.options?.split(separator: " ").first(where: { $0.hasPrefix("signed-by=") }) else { return true }
+        return signedBy.contains("debian-archive-keyring")
+    }
 
     static func hostEntries(root: String = "") -> [Entry] {
         var result: [Entry] = []

@@ -1,6 +1,7 @@
 import Foundation
 import MicroVMCore
 import OCIRegistry
+import OCIImage
 
 /// Pushes one tag of an OCI image layout directory to a registry: layers and config first (blobs
 /// the registry has are skipped), the manifest last.
@@ -32,14 +33,21 @@ public struct LayoutPusher: Sendable {
         guard let indexData = FileManager.default.contents(atPath: "\(directory)/index.json") else {
             throw ImageBuildError("\(directory) is not an OCI image layout (no index.json)")
         }
-        let index = try JSONDecoder().decode(Index.self, from: indexData)
+        guard let index = try? JSONDecoder().decode(Index.self, from: indexData) else {
+            throw ImageBuildError("\(directory)/index.json is not an OCI image index")
+        }
         guard let entry = index.manifests.first(where: { $0.annotations?["org.opencontainers.image.ref.name"] == tag }) else {
             throw ImageBuildError("the layout \(directory) has no tag \(tag)")
+        }
+        guard entry.mediaType == MediaType.imageManifest || entry.mediaType == "application/vnd.docker.distribution.manifest.v2+json" else {
+            throw ImageBuildError("tag \(tag) of \(directory) is a \(entry.mediaType), not one image manifest (an index of several platforms cannot be pushed by lmctl)")
         }
         guard let manifestData = FileManager.default.contents(atPath: blobPath(entry.digest)) else {
             throw ImageBuildError("the layout \(directory) lacks its manifest blob \(entry.digest)")
         }
-        let manifest = try JSONDecoder().decode(Manifest.self, from: manifestData)
+        guard let manifest = try? JSONDecoder().decode(Manifest.self, from: manifestData) else {
+            throw ImageBuildError("the manifest \(entry.digest) of \(directory) is not an OCI image manifest")
+        }
         for blob in manifest.layers + [manifest.config] {
             let reporter = UploadProgress(digest: blob.digest, size: blob.size, report: progress)
             let sent = try await client.pushBlob(target, digest: blob.digest, size: blob.size, file: blobPath(blob.digest)) { reporter.update($0) }

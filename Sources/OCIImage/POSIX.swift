@@ -6,11 +6,7 @@ import Musl
 import Darwin
 #endif
 
-#if !canImport(Darwin)
-/// lgetxattr(2) from the C library: Glibc's Swift module does not include <sys/xattr.h>.
-@_silgen_name("lgetxattr")
-private func lgetxattrC(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeMutableRawPointer?, _ size: Int) -> Int
-#endif
+import CXattr
 
 /// Thin helpers over the POSIX calls the archiver needs (lstat, readdir, read, write).
 enum POSIX {
@@ -103,7 +99,7 @@ enum POSIX {
         var capacity = 256
         while true {
             var buffer = [UInt8](repeating: 0, count: capacity)
-            let n = lgetxattrC(path, name, &buffer, capacity)
+            let n = lgetxattr(path, name, &buffer, capacity)
             if n >= 0 { return Array(buffer[0..<n]) }
             switch POSIX.errno {
             case ENODATA, ENOTSUP: return nil

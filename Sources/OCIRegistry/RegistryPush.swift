@@ -86,5 +86,9 @@ struct FileChunks: AsyncSequence, Sendable {
         }
     }
 
-    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: handle, progress: progress) }
+    /// Each iteration reads the file from its start: a request sent again (after a 401) sends it whole.
+    func makeAsyncIterator() -> AsyncIterator {
+        try? handle.seek(toOffset: 0)
+        return AsyncIterator(handle: handle, progress: progress)
+    }
 }

@@ -174,7 +174,10 @@ struct BuildApp: AsyncParsableCommand {
     @Option(help: "uid:gid it runs as.") var user = "65532:65532"
     @Option(name: .customLong("arg"), help: "An argument after the entrypoint (repeatable).") var arguments: [String] = []
     @OptionGroup var output: BuildOutputOptions
-    func validate() throws { try output.validateDestination() }
+    func validate() throws {
+        guard user.wholeMatch(of: /[0-9]+(:[0-9]+)?/) != nil else { throw ValidationError("--user \"\(user)\" must be UID or UID:GID (numbers)") }
+        try output.validateDestination()
+    }
     func run() async throws { try await output.run(.application(ApplicationImage(binary: binary, path: path, user: user, arguments: arguments))) }
 }
 
@@ -201,7 +204,7 @@ struct BuildRootfs: AsyncParsableCommand {
     var packageSource: String?
     @Option(name: .customLong("package-source-key"), help: "The key that signs --package-source (.asc or .gpg).")
     var packageSourceKey: String?
-    @Option(help: "Debian archive URL for cloud, k8s-node and recipes that name none. (default: the host's apt sources)")
+    @Option(help: "Debian archive URL for cloud and k8s-node; it also replaces a recipe's own mirror. (default: the recipe's mirror, else the host's Debian apt sources)")
     var mirror: String?
     @Flag(name: .customLong("print-recipe"), help: "Print the recipe the preset or file amounts to, then exit (no --tag or destination needed).")
     var printRecipe = false
@@ -215,7 +218,9 @@ struct BuildRootfs: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let source = packageSource.map { RootfsRecipe.PackageSource(line: $0, key: packageSourceKey) }
+        // The key's path made absolute, so that a printed recipe still names it when read back from elsewhere.
+        let key = packageSourceKey.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        let source = packageSource.map { RootfsRecipe.PackageSource(line: $0, key: key) }
         var r: RootfsRecipe
         do {
             switch (preset ?? (recipe == nil ? "minimal" : nil), recipe) {
@@ -233,7 +238,9 @@ struct BuildRootfs: AsyncParsableCommand {
             }
             if preset != "k8s-node", let source { r.sources.append(source) }
             if let mirror { r.mirror = mirror }
-            try r.validate()
+            do { try r.validate() } catch let e as ImageBuildError where recipe != nil {
+                throw ImageBuildError("\(recipe ?? ""): \(e.description)")  // name the file, as parse errors do
+            }
         } catch let e as ImageBuildError {
             throw CommandFailed(description: e.description)
         }

@@ -225,12 +225,17 @@ struct ImageBuildEndToEndTests {
     func badInputs() async throws {
         _ = try await TestEnvironment.shared()
         let bin = "\(TestEnvironment.productsDirectory)/lmctl"
+        try HostFiles.createDirectory("/tmp/lm-garbage-layout")
+        try Data("not json".utf8).write(to: URL(fileURLWithPath: "/tmp/lm-garbage-layout/index.json"))
+        defer { try? HostFiles.remove("/tmp/lm-garbage-layout") }
         let cases: [([String], String)] = [
             (["image", "build", "kernel", "--package", "linux-image-no-such-kernel", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "linux-image-no-such-kernel"),
             (["image", "build", "kernel", "--deb", "/tmp/no-such.deb", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "/tmp/no-such.deb"),
-            (["image", "build", "rootfs", "--preset", "fedora", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "--preset"),
-            (["image", "build", "rootfs", "--tag", "Bad//Ref", "--push"], "--tag"),
-            (["image", "build", "rootfs", "--tag", "x/y:z"], "--push"),
+            (["image", "build", "rootfs", "--preset", "fedora", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "--preset must be minimal, cloud or k8s-node"),
+            (["image", "build", "rootfs", "--tag", "Bad//Ref", "--push"], "--tag: "),
+            (["image", "build", "rootfs", "--tag", "x/y:z"], "give exactly one of --push and --output"),
+            (["image", "build", "app", "--binary", "/bin/true", "--user", "nobody", "--tag", "x/y:z", "--output", "oci-layout:/tmp/lm-x"], "must be UID or UID:GID"),
+            (["image", "push", "oci-layout:/tmp/lm-garbage-layout:v1", "127.0.0.1:5111/x/y:z"], "index.json is not an OCI image index"),
             (["image", "build", "rootfs", "--push"], "--tag is required"),
             (["image", "push", "/tmp/lm-x", "x/y:z"], "oci-layout:DIR[:TAG]"),
             (["image", "push", "oci-layout:/tmp/lm-no-such-layout:v1", "127.0.0.1:5111/x/y:z"], "/tmp/lm-no-such-layout is not an OCI image layout"),

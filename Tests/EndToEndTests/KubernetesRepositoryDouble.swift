@@ -59,6 +59,8 @@ struct KubernetesRepositoryDouble {
     func stop() {
         kill(pid, SIGTERM)
         _ = HostProcess.waitFor(pid)
+        // gpg started an agent for the signing key's home: stop it too.
+        if let p = try? HostProcess.spawn(["gpgconf", "--homedir", "\(directory)/gnupg", "--kill", "gpg-agent"]) { _ = HostProcess.waitFor(p) }
     }
 
     struct Package {

@@ -135,6 +135,25 @@ struct RootfsRecipeTests {
         let parsed = try RootfsRecipe.parseSourceLine("deb [arch=amd64 signed-by=/k.gpg] https://pkgs.k8s.io/core:/stable:/v1.31/deb/ /", field: "x")
         #expect(parsed.options == "arch=amd64 signed-by=/k.gpg")
         #expect(parsed.uri == "https://pkgs.k8s.io/core:/stable:/v1.31/deb/" && parsed.suite == "/" && parsed.components.isEmpty)
+        // Only Debian's archive (or a mirror of it) is taken from the host, not third-party repositories.
+        #expect(entries.allSatisfy { AptSources.isDebianArchive($0.line) })
+        #expect(AptSources.isDebianArchive("deb http://mirror.example/debian-security bookworm-security main"))
+        #expect(AptSources.isDebianArchive("deb http://snapshot.debian.org/archive/debian/20250520T000000Z bookworm main"))
+        #expect(!AptSources.isDebianArchive("deb [signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/debian bookworm stable"))
+        #expect(!AptSources.isDebianArchive("deb https://packages.example.com/apt bookworm main"))
+    }
+
+    @Test("recipe files are written inside the image even through absolute symlinks (Debian's /var/run -> /run)")
+    func pathsStayInTheImage() throws {
+        let root = NSTemporaryDirectory() + "/lm-root-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: "\(root)/var", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(root)/run", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/var/run", withDestinationPath: "/run")
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/up", withDestinationPath: "../../../../../../../tmp")
+        #expect(try DebianRootfs.hostPath(of: "/var/run/x.conf", in: root) == "\(root)/run/x.conf")
+        #expect(try DebianRootfs.hostPath(of: "/up/passwd", in: root) == "\(root)/tmp/passwd", "a relative link cannot climb out of the root")
+        #expect(try DebianRootfs.hostPath(of: "/var/run", in: root) == "\(root)/var/run", "the last component is not followed")
     }
 
     @Test("mmdebstrap failures are explained: an unknown package is named")

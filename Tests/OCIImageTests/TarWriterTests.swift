@@ -1,3 +1,4 @@
+import CXattr
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -302,6 +303,12 @@ struct TarWriterOwnershipTests {
         #expect(owned.first?.owner == expectedUID)
         #expect(owned.first?.group == expectedGID)
         #expect(owned.first?.xattrs.isEmpty == true)
+        // Extended attributes are recorded only when named.
+        let value: [UInt8] = Array("lm".utf8)
+        try #require(setxattr(file.path, "user.lm-test", value, value.count, 0) == 0, "the temporary directory takes user xattrs (errno \(errno))")
+        let withXattr = try TarWriter.entries(inDirectory: dir, metadata: .ownersAndXattrs(xattrNames: ["user.lm-test"]))
+        #expect(withXattr.first?.xattrs == ["user.lm-test": value])
+        #expect(try TarWriter.entries(inDirectory: dir, metadata: .ownersAndCapabilities).first?.xattrs.isEmpty == true, "unnamed attributes are left out")
     }
 
     @Test("an xattr name with '=' is refused")
