@@ -95,8 +95,7 @@ public struct DebianRootfs: Sendable {
         let p = try RootfsRecipe.parseSourceLine(source.line, field: "sources[\(index)].line")
         var options = p.options.map { [$0] } ?? []
         if let key = source.key { options.append("signed-by=\(URL(fileURLWithPath: key).standardizedFileURL.path)") }
-        let opts = options.isEmpty ? "" : "[\(options.joined(separator: " "))] "
-        return "deb \(opts)\(p.uri) \(p.suite)" + (p.components.isEmpty ? "" : " " + p.components.joined(separator: " "))
+        return AptSources.line(options: options, uri: p.uri, suite: p.suite, components: p.components)
     }
 
     /// Fails at once, naming the source, when an archive's Release file cannot be fetched.
@@ -180,8 +179,7 @@ public struct DebianRootfs: Sendable {
                 try write(root, inImage, data)
                 options.append("signed-by=\(inImage)")
             }
-            let opts = options.isEmpty ? "" : "[\(options.joined(separator: " "))] "
-            lines.append("deb \(opts)\(p.uri) \(p.suite)" + (p.components.isEmpty ? "" : " " + p.components.joined(separator: " ")))
+            lines.append(AptSources.line(options: options, uri: p.uri, suite: p.suite, components: p.components))
         }
         try write(root, "/etc/apt/sources.list", Data(("# Written by lmctl image build.\n" + lines.joined(separator: "\n") + "\n").utf8))
     }
@@ -255,6 +253,12 @@ public struct DebianRootfs: Sendable {
 enum AptSources {
     struct Entry: Equatable { var line: String; var suite: String }
 
+    /// A one-line apt source: `deb [OPTIONS] URI SUITE [COMPONENT...]`.
+    static func line(options: [String], uri: String, suite: String, components: [String]) -> String {
+        let opts = options.isEmpty ? "" : "[\(options.joined(separator: " "))] "
+        return "deb \(opts)\(uri) \(suite)" + (components.isEmpty ? "" : " " + components.joined(separator: " "))
+    }
+
     /// Whether a source line is Debian's archive (or a mirror of it): a path segment `debian` or
     /// `debian-security`, and Debian's archive key or none named (apt's default keyring).
     static func isDebianArchive(_ line: String) -> Bool {
@@ -303,13 +307,12 @@ enum AptSources {
                   (fields["types"] ?? "").split(separator: " ").contains("deb") else { continue }
             let uris = (fields["uris"] ?? "").split(separator: " ").map(String.init)
             let suites = (fields["suites"] ?? "").split(separator: " ").map(String.init)
-            let components = (fields["components"] ?? "").split(separator: " ").joined(separator: " ")
+            let components = (fields["components"] ?? "").split(separator: " ").map(String.init)
             var options: [String] = []
             if let k = fields["signed-by"], k.hasPrefix("/"), !k.contains(" ") { options.append("signed-by=\(k)") }
-            let opts = options.isEmpty ? "" : "[\(options.joined(separator: " "))] "
             for uri in uris {
                 for suite in suites {
-                    result.append(Entry(line: "deb \(opts)\(uri) \(suite)" + (components.isEmpty ? "" : " \(components)"), suite: suite))
+                    result.append(Entry(line: line(options: options, uri: uri, suite: suite, components: components), suite: suite))
                 }
             }
         }
