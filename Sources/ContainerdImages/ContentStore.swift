@@ -78,14 +78,23 @@ extension ContainerdConnection {
         produce: @escaping @Sendable (_ offset: Int64, _ emit: @Sendable (ByteBuffer) async throws -> Void) async throws -> Void
     ) async throws {
         let (startOffsets, startContinuation) = AsyncStream.makeStream(of: Int64.self)
-        // gRPC reports any error of the request stream as the stream closing (UNAVAILABLE): keep the
-        // source's own errors (the registry's, a wrong size) to throw them as they are, unretried.
+        // Errors of the request stream come in two kinds. The stream's own (a write on a connection that
+        // dropped throws NIO's "I/O on closed channel", not an RPCError) mean containerd is to be retried.
+        // The source's (the registry's, a wrong size) are thrown as they are, unretried: gRPC would
+        // report them as the stream closing (UNAVAILABLE).
+        let streamFailure = ErrorBox()
         let sourceFailure = ErrorBox()
         do {
             // Fails fast when containerd is gone; after a dropped connection the caller waits a little and retries.
             try await content.write(metadata: metadata(lease: lease), options: Self.options(timeout: .seconds(3600))) { writer in
+                let send: @Sendable (Containerd_Services_Content_V1_WriteContentRequest) async throws -> Void = { message in
+                    do { try await writer.write(message) } catch {
+                        streamFailure.set(error)
+                        throw error
+                    }
+                }
                 do {
-                    try await writer.write(.with {
+                    try await send(.with {
                         $0.action = .stat
                         $0.ref = ref
                         $0.total = expected.size
@@ -105,7 +114,7 @@ extension ContainerdConnection {
                                 guard offset + Int64(n) <= expected.size else {
                                     throw RegistryError(message: "blob \(expected.digest): more than the expected \(expected.size) bytes")
                                 }
-                                try await writer.write(.with {
+                                try await send(.with {
                                     $0.action = .write
                                     $0.ref = ref
                                     $0.total = expected.size
@@ -121,7 +130,7 @@ extension ContainerdConnection {
                     guard written == expected.size else {
                         throw RegistryError(message: "blob \(expected.digest): got \(written) bytes, expected \(expected.size)")
                     }
-                    try await writer.write(.with {
+                    try await send(.with {
                         $0.action = .commit
                         $0.ref = ref
                         $0.total = expected.size
@@ -129,9 +138,10 @@ extension ContainerdConnection {
                         $0.offset = written
                         $0.labels = labels
                     })
-                } catch let e where !(e is RPCError) {
-                    sourceFailure.set(e)
-                    throw e
+                } catch {
+                    // gRPC cancels the request side when the response side fails first: not the source's fault.
+                    if streamFailure.value == nil && !(error is RPCError) && !(error is CancellationError) { sourceFailure.set(error) }
+                    throw error
                 }
             } onResponse: { response in
                 defer { startContinuation.finish() }
@@ -143,7 +153,10 @@ extension ContainerdConnection {
             }
         } catch {
             if let source = sourceFailure.value { throw source }
-            throw error
+            if error is RPCError || Task.isCancelled { throw error }
+            // The connection went away under the stream (or took the response side with it).
+            let cause = streamFailure.value ?? error
+            throw RPCError(code: .unavailable, message: "content write stream ended: \(cause)", cause: cause)
         }
     }
 
@@ -159,14 +172,14 @@ extension ContainerdConnection {
     }
 }
 
-/// Bytes of a blob that containerd has (as far as this writer knows).
-/// The first error of a write's source (not of the gRPC stream).
+/// The first error recorded (of a write's source, or of its gRPC stream).
 final class ErrorBox: Sendable {
     let stored = Mutex<(any Error)?>(nil)
     func set(_ e: any Error) { stored.withLock { if $0 == nil { $0 = e } } }
     var value: (any Error)? { stored.withLock { $0 } }
 }
 
+/// Bytes of a blob that containerd has (as far as this writer knows).
 actor OffsetBox {
     var value: Int64 = 0
     func set(_ v: Int64) { value = v }

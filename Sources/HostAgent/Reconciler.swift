@@ -137,13 +137,22 @@ public final class Reconciler: Sendable {
             case .pending, .created:
                 try await createPlan(vm, log: log)
             }
-        } catch let e as PlanStepError where e.underlying is CancellationError {
-            // Deleted while being created: the delete plan takes over.
+        } catch let e as PlanStepError where e.underlying is CancellationError && Task.isCancelled {
+            log.info("work interrupted: the agent is stopping; it goes on at the next start")
+        } catch let e as PlanStepError where e.underlying is CancellationError && isBeingDeleted(uid) {
+            // Deleted while being created: the delete plan takes over. (A CancellationError from
+            // anywhere else is a failure like any other, retried with backoff.)
             log.info("create stopped: the VM is being deleted")
             enqueue(uid)
         } catch {
             handleFailure(of: vm, error: error, log: log)
         }
+    }
+
+    /// Whether the VM is gone or marked for deletion.
+    func isBeingDeleted(_ uid: String) -> Bool {
+        guard let vm = try? store.get(uid: uid) else { return true }
+        return vm.status.state == .deleting
     }
 
     func handleFailure(of vm: MicroVM, error: any Error, log: Logger) {

@@ -10,10 +10,10 @@ import TestSupport
 /// The containerd adapter against a real containerd and a real registry.
 @Suite("containerd image service", .serialized, .enabled(if: TestEnvironment.systemTestsEnabled, "needs root, containerd and a registry (always runs in CI)"))
 struct ContainerdImageServiceTests {
-    func makeService(_ env: TestEnvironment, snapshotter: String = "overlayfs", namespace: String, registry: RegistryConfig = RegistryConfig()) throws -> (ContainerdImageService, String) {
+    func makeService(_ env: TestEnvironment, snapshotter: String = "overlayfs", namespace: String, registry: RegistryConfig = RegistryConfig(), socket: String? = nil) throws -> (ContainerdImageService, String) {
         let cache = "/tmp/lm-it-cache-\(UUID().uuidString.prefix(8))"
         let service = try ContainerdImageService(
-            socketPath: env.containerdSocket, namespace: namespace, snapshotter: snapshotter,
+            socketPath: socket ?? env.containerdSocket, namespace: namespace, snapshotter: snapshotter,
             cacheDirectory: cache, registry: registry, logger: Logger(label: "test"))
         return (service, cache)
     }
@@ -105,6 +105,36 @@ struct ContainerdImageServiceTests {
         #expect(ContinuousClock.now - started < .seconds(20), "no rounds of retries against the registry")
         try await service.releaseLease(for: vm)
         await service.shutdown()
+    }
+
+    @Test("containerd's connection dropped in the middle of a layer upload: the write resumes on a new connection and the pull succeeds")
+    func connectionDroppedMidWrite() async throws {
+        let env = try await TestEnvironment.shared()
+        let image = try await TinyImage.make(payloadBytes: 8 << 20)
+        let imageRef = try ImageReference(parsing: "\(env.registry)/lm-test/dropped-\(UUID().uuidString.prefix(6).lowercased()):v1")
+        let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
+        _ = try await client.pushBlob(imageRef, digest: image.layerDigest, size: image.layerSize, file: image.layer)
+        _ = try await client.pushBlob(imageRef, data: image.config)
+        _ = try await client.pushManifest(imageRef, mediaType: "application/vnd.oci.image.manifest.v1+json", data: image.manifest)
+        try await client.shutdown()
+
+        // containerd through a relay that drops the first connection 3 MiB into the upload.
+        let relay = try UnixSocketRelay(to: env.containerdSocket, cutAfter: 3 << 20)
+        defer { relay.stop() }
+        let (service, cache) = try makeService(env, namespace: "lmit-drop-\(UUID().uuidString.prefix(6).lowercased())", socket: relay.path)
+        defer { try? HostFiles.remove(cache) }
+        let vm = ref("d")
+        let pulled: Result<String, any Error>
+        do { pulled = .success(try await service.volumeImage(reference: imageRef.description, for: vm).path) } catch { pulled = .failure(error) }
+        #expect(relay.cuts == 1, "the relay dropped the connection during the upload")
+        #expect(relay.connections >= 2, "the write went on over a new connection")
+        if case .success(let volume) = pulled {
+            let stat = try await HostProcess.run(["debugfs", "-R", "stat /etc/payload", volume])
+            #expect(stat.contains("Size: \(8 << 20)"), "\(stat)")
+        }
+        try await service.releaseLease(for: vm)
+        await service.shutdown()
+        _ = try pulled.get()
     }
 
     @Test("basic auth: configured credentials pull from the private registry; none → a clear error")
