@@ -43,22 +43,43 @@ public struct CredentialsError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// Agent clients by endpoint and credentials, made once and reused.
+/// Agent clients by endpoint and credentials, made once and reused. A client not handed out for
+/// `idleTimeout` is closed at the next request for any client, so clients made with credentials that
+/// have since changed (a rotated Secret) or for hosts that are gone do not pile up.
 public final class AgentConnections: Sendable {
     struct Key: Hashable {
         var endpoint: String
         var credentials: AgentCredentials
     }
-    let clients = Mutex<[Key: AgentClient]>([:])
-    public init() {}
+    struct Entry {
+        var client: AgentClient
+        var lastUsed: ContinuousClock.Instant
+    }
+    let entries = Mutex<[Key: Entry]>([:])
+    let idleTimeout: Duration
+
+    public init(idleTimeout: Duration = .seconds(900)) {
+        self.idleTimeout = idleTimeout
+    }
+
+    /// Clients currently open.
+    public var count: Int { entries.withLock { $0.count } }
 
     public func client(endpoint: String, credentials: AgentCredentials = .init()) throws -> AgentClient {
         let key = Key(endpoint: endpoint, credentials: credentials)
-        if let c = clients.withLock({ $0[key] }) { return c }
+        let now = ContinuousClock.now
+        let (found, idle) = entries.withLock { all -> (AgentClient?, [AgentClient]) in
+            let idleKeys = all.filter { $0.key != key && now - $0.value.lastUsed > idleTimeout }.map(\.key)
+            let idle = idleKeys.compactMap { all.removeValue(forKey: $0)?.client }
+            all[key]?.lastUsed = now
+            return (all[key]?.client, idle)
+        }
+        for c in idle { c.close() }
+        if let found { return found }
         let c = try AgentClient(address: endpoint, token: credentials.token, tls: credentials.tls, proxy: credentials.proxy)
-        let kept = clients.withLock { all -> AgentClient? in
-            if let other = all[key] { return other }
-            all[key] = c
+        let kept = entries.withLock { all -> AgentClient? in
+            if let other = all[key] { return other.client }
+            all[key] = Entry(client: c, lastUsed: now)
             return nil
         }
         if let kept {
@@ -69,6 +90,6 @@ public final class AgentConnections: Sendable {
     }
 
     public func closeAll() {
-        for c in clients.withLock({ Array($0.values) }) { c.close() }
+        for c in entries.withLock({ all in defer { all = [:] }; return all.values.map(\.client) }) { c.close() }
     }
 }

@@ -74,6 +74,23 @@ struct CAPMVMControllerTests {
         #expect(throws: CredentialsError.self) { try AgentCredentials.tls(from: secret(["ca.crt", "tls.crt"])) }
     }
 
+    @Test("agent clients: one per endpoint and credentials, reused; a client left idle (say, made with a Secret since rotated) is closed at a later request")
+    func agentClientCache() async throws {
+        let agents = AgentConnections(idleTimeout: .milliseconds(300))
+        let old = try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "old"))
+        #expect(try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "old")) === old)
+        let other = try agents.client(endpoint: "127.0.0.1:2")
+        #expect(other !== old && agents.count == 2)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try agents.client(endpoint: "127.0.0.1:2") === other, "in use: kept")
+        try await Task.sleep(for: .milliseconds(200))
+        let new = try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "new"))
+        #expect(new !== old)
+        #expect(agents.count == 2, "the old token's client was idle past the timeout and is closed; the other is kept")
+        agents.closeAll()
+        #expect(agents.count == 0)
+    }
+
     @Test("a missing TLS Secret, half a key pair or a bad proxy: the machine's MicrovmReady condition says AgentCredentialsInvalid and why, and nothing is created")
     func credentialProblems() async throws {
         let server = try await TestAPIServer.start(schemas: try SchemaValidator.project())
