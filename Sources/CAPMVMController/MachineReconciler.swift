@@ -96,8 +96,8 @@ public struct MachineReconciler: Sendable {
             return .done
         }
         if !(m.metadata.finalizers ?? []).contains(InfrastructureGroup.machineFinalizer) {
-            m = try await kube.update(MicrovmMachine.self, name: name, namespace: namespace) { o in
-                o.metadata.finalizers = (o.metadata.finalizers ?? []) + [InfrastructureGroup.machineFinalizer]
+            m = try await kube.updateFinalizers(MicrovmMachine.self, name: name, namespace: namespace) { current in
+                current.contains(InfrastructureGroup.machineFinalizer) ? current : current + [InfrastructureGroup.machineFinalizer]
             }
         }
         // Where: the providerID's host; else a VM already made for this machine on any pool host (its
@@ -259,8 +259,8 @@ public struct MachineReconciler: Sendable {
     func finishDelete(_ m: MicrovmMachine) async throws -> ReconcileResult {
         guard (m.metadata.finalizers ?? []).contains(InfrastructureGroup.machineFinalizer) else { return .done }
         do {
-            try await kube.update(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace) { o in
-                o.metadata.finalizers = (o.metadata.finalizers ?? []).filter { $0 != InfrastructureGroup.machineFinalizer }
+            try await kube.updateFinalizers(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace) { current in
+                current.filter { $0 != InfrastructureGroup.machineFinalizer }
             }
         } catch let e as KubernetesAPIError where e.isNotFound {}
         logger.info("microVM gone; finalizer removed", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")"])

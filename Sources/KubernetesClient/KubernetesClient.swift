@@ -148,6 +148,27 @@ public final class KubernetesClient: Sendable {
         }
     }
 
+    /// Changes an object's finalizers with a JSON merge patch that carries the resourceVersion read
+    /// (the API server answers 409 Conflict when the object changed since; then it is read again), so
+    /// fields the Swift type does not know stay as they are, unlike with `update`.
+    @discardableResult
+    public func updateFinalizers<T: KubernetesObject>(_ type: T.Type, name: String, namespace: String?, attempts: Int = 5,
+                                                      _ change: ([String]) -> [String]) async throws -> T {
+        var attempt = 0
+        while true {
+            let o = try await get(T.self, name: name, namespace: namespace)
+            let current = o.metadata.finalizers ?? []
+            let wanted = change(current)
+            if wanted == current { return o }
+            var meta: [String: Any] = ["finalizers": wanted]
+            if let rv = o.metadata.resourceVersion { meta["resourceVersion"] = rv }
+            let patch = try JSONSerialization.data(withJSONObject: ["metadata": meta])
+            do { return try await mergePatch(T.self, name: name, namespace: namespace, patch: patch) } catch let e as KubernetesAPIError where e.isConflict && attempt + 1 < attempts {
+                attempt += 1
+            }
+        }
+    }
+
     /// Deletes an object; with finalizers it stays, with a deletionTimestamp, until they are removed.
     public func delete<T: KubernetesObject>(_ type: T.Type, name: String, namespace: String?) async throws {
         _ = try await send(try request(.DELETE, T.resource.path(namespace: namespace, name: name)))

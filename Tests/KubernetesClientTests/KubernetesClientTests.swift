@@ -2,6 +2,7 @@ import Foundation
 import KubernetesClient
 import KubernetesTestServer
 import Logging
+import Synchronization
 import Testing
 
 /// A custom resource shaped like ours: spec, status, a status subresource.
@@ -14,6 +15,16 @@ struct Widget: KubernetesObject, Equatable {
     var metadata: ObjectMeta
     var spec: Spec
     var status: Status?
+}
+
+/// The same resource as a newer schema has it: a spec field `Widget` does not know.
+struct WidgetV2: KubernetesObject, Equatable {
+    static let resource = Widget.resource
+    struct Spec: Codable, Sendable, Equatable { var size: Int; var color: String? }
+    var apiVersion: String? = Widget.resource.apiVersion
+    var kind: String? = "Widget"
+    var metadata: ObjectMeta
+    var spec: Spec
 }
 
 @Suite("Kubernetes client against the test API server")
@@ -80,6 +91,46 @@ struct KubernetesClientTests {
             try await c.delete(Widget.self, name: "owner", namespace: "ns")
             await #expect { _ = try await c.get(Widget.self, name: "child", namespace: "ns") } throws: { ($0 as? KubernetesAPIError)?.isNotFound == true }
             _ = held
+        }
+    }
+
+    @Test("finalizers are changed by a merge patch with the resourceVersion read: fields the type does not know are kept; a stale version is 409 and retried")
+    func finalizerPatch() async throws {
+        try await withClient { c, server in
+            let created = try await c.create(WidgetV2(metadata: ObjectMeta(name: "w", namespace: "ns"), spec: .init(size: 1, color: "blue")))
+            let added = try await c.updateFinalizers(Widget.self, name: "w", namespace: "ns") { $0 + ["example.com/a"] }
+            #expect(added.metadata.finalizers == ["example.com/a"])
+            #expect(try await c.get(WidgetV2.self, name: "w", namespace: "ns").spec.color == "blue", "a field Widget does not know is kept")
+            // Idempotent: no write when nothing changes.
+            let same = try await c.updateFinalizers(Widget.self, name: "w", namespace: "ns") { $0 }
+            #expect(same.metadata.resourceVersion == added.metadata.resourceVersion)
+
+            // A patch carrying a stale resourceVersion is refused, as the API server refuses it.
+            let stale = try JSONSerialization.data(withJSONObject: ["metadata": ["finalizers": [String](), "resourceVersion": created.metadata.resourceVersion!]])
+            await #expect { _ = try await c.mergePatch(Widget.self, name: "w", namespace: "ns", patch: stale) } throws: { ($0 as? KubernetesAPIError)?.isConflict == true }
+
+            // A change between the read and the patch (made by another client, here curl, while the
+            // change is computed): the patch conflicts, the object is read again and the patch retried.
+            let calls = Mutex(0)
+            let url = "\(server.server)/apis/\(Widget.resource.apiVersion)/namespaces/ns/widgets/w"
+            try await c.updateFinalizers(Widget.self, name: "w", namespace: "ns") { current in
+                if calls.withLock({ $0 += 1; return $0 }) == 1 {
+                    let curl = Process()
+                    curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+                    curl.arguments = ["-sf", "-o", "/dev/null", "-X", "PATCH", "-H", "Content-Type: application/merge-patch+json",
+                                      "-d", #"{"metadata":{"labels":{"bumped":"yes"}}}"#, url]
+                    try? curl.run()
+                    curl.waitUntilExit()
+                }
+                return current.filter { $0 != "example.com/a" }
+            }
+            #expect(calls.withLock { $0 } == 2, "read again after the conflict")
+            let final = try await c.get(WidgetV2.self, name: "w", namespace: "ns")
+            #expect((final.metadata.finalizers ?? []).isEmpty && final.spec.color == "blue" && final.metadata.labels?["bumped"] == "yes")
+
+            // What `update` (a replace) does with the same type: the unknown field is lost.
+            _ = try await c.update(Widget.self, name: "w", namespace: "ns") { $0.spec.size = 2 }
+            #expect(try await c.get(WidgetV2.self, name: "w", namespace: "ns").spec.color == nil)
         }
     }
 

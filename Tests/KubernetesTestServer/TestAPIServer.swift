@@ -7,7 +7,7 @@ import Synchronization
 /// An in-process stand-in for a Kubernetes API server, for controller tests (no API server can run
 /// on these machines). It keeps objects as JSON in memory and implements the REST semantics the
 /// controllers rely on, as the Kubernetes API documents them:
-/// - one resourceVersion sequence; PUT with a stale `metadata.resourceVersion` is 409 Conflict;
+/// - one resourceVersion sequence; a PUT or a patch with a stale `metadata.resourceVersion` is 409 Conflict;
 /// - create (409 AlreadyExists; `generateName`; a sent status is dropped), get, list with equality label selectors, replace,
 ///   JSON merge patch (RFC 7386), the `status` subresource (status changes only there; spec changes
 ///   bump `generation`), delete;
@@ -181,12 +181,13 @@ public final class TestAPIServer: Sendable {
                 guard let current = s.objects[r.collection]?[k] else { return Self.status(404, "NotFound", "\(r.collection) \"\(name)\" not found") }
                 guard let j = json else { return Self.status(400, "BadRequest", "body is not a JSON object") }
                 var next: [String: Any]
+                // A resourceVersion in the body, of a PUT or a patch, is a precondition.
+                let sent = (j["metadata"] as? [String: Any])?["resourceVersion"] as? String
+                let have = (current["metadata"] as? [String: Any])?["resourceVersion"] as? String
+                guard sent == nil || sent == have else {
+                    return Self.status(409, "Conflict", "Operation cannot be fulfilled on \(r.collection) \"\(name)\": the object has been modified; please apply your changes to the latest version and try again")
+                }
                 if method == "PUT" {
-                    let sent = (j["metadata"] as? [String: Any])?["resourceVersion"] as? String
-                    let have = (current["metadata"] as? [String: Any])?["resourceVersion"] as? String
-                    guard sent == nil || sent == have else {
-                        return Self.status(409, "Conflict", "Operation cannot be fulfilled on \(r.collection) \"\(name)\": the object has been modified; please apply your changes to the latest version and try again")
-                    }
                     next = j
                 } else {
                     next = Self.mergePatch(current, j) as? [String: Any] ?? current
