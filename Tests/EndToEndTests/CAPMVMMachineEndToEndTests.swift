@@ -140,6 +140,8 @@ struct CAPMVMMachineEndToEndTests {
                 }
                 #expect(gone, "the finalizer is removed once the VM is gone")
                 #expect(try await client.list().isEmpty)
+                running.cancel()
+                await running.value  // stopped before its Kubernetes client is shut down
             }
         }
     }
@@ -405,6 +407,8 @@ struct CAPMVMPlacementEndToEndTests {
 
                 // Bring the host back so that everything is cleaned up through the API.
                 try await lost.start()
+                running.cancel()
+                await running.value
             } catch {
                 for h in hosts { await h.cleanUp() }
                 throw error
