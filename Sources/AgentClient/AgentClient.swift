@@ -64,9 +64,10 @@ public final class AgentClient: Sendable {
         }
 
         /// The same settings for TLS done in a proxy tunnel (HTTP/2 by ALPN, as gRPC does). NIOSSL
-        /// checks a name itself; an IP address is checked by the tunnel (NIOSSL would compare the
-        /// proxy's address, the peer it is connected to).
-        func sslContext(agentHostIsIPAddress: Bool) throws -> NIOSSLContext {
+        /// checks the chain; the tunnel checks the agent's name or address against the certificate's
+        /// subjectAltNames itself, since NIOSSL would also accept the address of the peer it is
+        /// connected to, which is the proxy.
+        func tunnelSSLContext() throws -> NIOSSLContext {
             func pem(_ s: Source) throws -> [UInt8] {
                 switch s {
                 case .file(let path): return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
@@ -80,7 +81,7 @@ public final class AgentClient: Sendable {
                 c.certificateChain = try NIOSSLCertificate.fromPEMBytes(try pem(cert)).map { .certificate($0) }
                 c.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: try pem(k), format: .pem))
             }
-            if agentHostIsIPAddress { c.certificateVerification = .noHostnameVerification }
+            c.certificateVerification = .noHostnameVerification
             return try NIOSSLContext(configuration: c)
         }
     }
@@ -107,7 +108,7 @@ public final class AgentClient: Sendable {
             if host.isEmpty { host = "localhost" }
             if let proxy {
                 // gRPC speaks plain HTTP/2 to a private socket; the tunnel behind it does CONNECT and TLS.
-                let t = try ConnectTunnel(target: .init(host: host, port: port, proxy: proxy, tls: try tls?.sslContext(agentHostIsIPAddress: IPLiteral.bytes(host) != nil)))
+                let t = try ConnectTunnel(target: .init(host: host, port: port, proxy: proxy, tls: try tls?.tunnelSSLContext()))
                 tunnel = t
                 target = .unixDomainSocket(path: t.socketPath, authority: address)
                 security = .plaintext

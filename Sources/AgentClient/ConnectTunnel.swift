@@ -209,8 +209,8 @@ final class ProxyHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandler
             return
         }
         do {
-            // A DNS name is checked by NIOSSL (and sent as SNI); an IP address, which must not be
-            // sent as SNI, is checked against the certificate's IP SANs once the handshake is done.
+            // NIOSSL checks the chain and sends a DNS name as SNI (an IP address must not be sent);
+            // the name or address is checked against the certificate once the handshake is done.
             let isIP = IPLiteral.bytes(target.host) != nil
             let handler = try NIOSSLClientHandler(context: tls, serverHostname: isIP ? nil : target.host)
             try context.pipeline.syncOperations.addHandler(handler, position: .before(self))
@@ -224,26 +224,21 @@ final class ProxyHandshakeHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.fireUserInboundEventTriggered(event)
             return
         }
-        if let ip = IPLiteral.bytes(target.host) {
-            do {
-                guard let leaf = try context.channel.pipeline.syncOperations.nioSSL_peerCertificate() else {
-                    fail(context, "the agent at \(authority) presented no certificate")
-                    return
-                }
-                let certificate = try Certificate(derEncoded: try leaf.toDERBytes())
-                let names = try certificate.extensions.subjectAlternativeNames ?? SubjectAlternativeNames()
-                let matches = names.contains { name in
-                    if case .ipAddress(let octets) = name { return Array(octets.bytes) == ip }
-                    return false
-                }
-                guard matches else {
-                    fail(context, "the agent's certificate is not valid for \(target.host) (no such IP address in its subjectAltName)")
-                    return
-                }
-            } catch {
-                fail(context, "checking the agent's certificate: \(error)")
+        do {
+            guard let leaf = try context.channel.pipeline.syncOperations.nioSSL_peerCertificate() else {
+                fail(context, "the agent at \(authority) presented no certificate")
                 return
             }
+            let certificate = try Certificate(derEncoded: try leaf.toDERBytes())
+            let names = try certificate.extensions.subjectAlternativeNames ?? SubjectAlternativeNames()
+            guard SubjectAltNameCheck.matches(names, host: target.host) else {
+                let kind = IPLiteral.bytes(target.host) == nil ? "name" : "IP address"
+                fail(context, "the agent's certificate is not valid for \(target.host) (no such \(kind) in its subjectAltName)")
+                return
+            }
+        } catch {
+            fail(context, "checking the agent's certificate: \(error)")
+            return
         }
         finish(context, leftover: ByteBuffer())
     }
@@ -326,5 +321,37 @@ enum IPLiteral {
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
         return nil
+    }
+}
+
+/// Whether a certificate's subjectAltNames cover a host: an IP address must equal an IP entry; a
+/// DNS name must equal a DNS entry (case-insensitively), where a `*` may stand for the whole leftmost
+/// label (RFC 6125, section 6.4.3). The subject's common name is not used, as in current TLS clients.
+enum SubjectAltNameCheck {
+    static func matches(_ names: SubjectAlternativeNames, host: String) -> Bool {
+        if let ip = IPLiteral.bytes(host) {
+            return names.contains { name in
+                if case .ipAddress(let octets) = name { return Array(octets.bytes) == ip }
+                return false
+            }
+        }
+        return names.contains { name in
+            if case .dnsName(let pattern) = name { return dnsName(host, matches: pattern) }
+            return false
+        }
+    }
+
+    static func dnsName(_ host: String, matches pattern: String) -> Bool {
+        func labels(_ s: String) -> [Substring] {
+            let trimmed = s.hasSuffix(".") ? String(s.dropLast()) : s
+            return trimmed.lowercased().split(separator: ".", omittingEmptySubsequences: false)
+        }
+        let h = labels(host), p = labels(pattern)
+        guard h.count == p.count, !h.contains(where: \.isEmpty), !p.isEmpty else { return false }
+        if p[0] == "*" {
+            // A wildcard covers one label, never a top-level or public-suffix-like two-label name.
+            return p.count >= 3 && h.dropFirst() == p.dropFirst()
+        }
+        return h == p
     }
 }

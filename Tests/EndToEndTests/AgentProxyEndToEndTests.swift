@@ -43,20 +43,23 @@ struct AgentProxyEndToEndTests {
         }
     }
 
-    @Test("mutual TLS through a proxy: the agent's certificate is checked against the agent's IP address or name, not the proxy's")
+    @Test("mutual TLS through a proxy: the agent's certificate is checked against the agent's IP address or name, never the proxy's address")
     func mutualTLS() async throws {
         let env = try await TestEnvironment.shared()
-        let pki = try await TestPKI.make(servers: ["server": "IP:127.0.0.1,DNS:localhost", "named": "DNS:localhost"])
+        // "addressed" is valid for 127.0.0.1 only, which is also the proxy's address: an agent reached
+        // by name must not be accepted with it.
+        let pki = try await TestPKI.make(servers: ["server": "IP:127.0.0.1,DNS:localhost", "named": "DNS:localhost", "addressed": "IP:127.0.0.1"])
         defer { pki.remove() }
         let tls = AgentClient.TLSOptions(caCertificate: pki.path("ca.pem"), clientCertificate: pki.path("client.pem"), clientKey: pki.path("client.key"))
-        for (cert, answers) in [("server", ["127.0.0.1": true, "localhost": true]), ("named", ["127.0.0.1": false, "localhost": true])] {
+        for (cert, answers) in [("server", ["127.0.0.1": true, "localhost": true]), ("named", ["127.0.0.1": false, "localhost": true]),
+                                ("addressed", ["127.0.0.1": true, "localhost": false])] {
             let args = ["--tls-cert", pki.path("\(cert).pem"), "--tls-key", pki.path("\(cert).key"), "--tls-client-validate", "--tls-client-ca", pki.path("ca.pem")]
             try await withAgent(env, args, start: false) { agent in
-                // Ready when it answers on its name (the "named" certificate is not valid for 127.0.0.1).
+                // Ready when it answers on a name or address its certificate is valid for.
                 agent.clientTLS = tls
                 let pid = try HostProcess.spawn(agent.arguments)
                 defer { kill(pid, SIGKILL); _ = HostProcess.waitFor(pid) }
-                let direct = try AgentClient(address: "localhost:\(agent.port)", tls: tls)
+                let direct = try AgentClient(address: "\(cert == "addressed" ? "127.0.0.1" : "localhost"):\(agent.port)", tls: tls)
                 defer { direct.close() }
                 try await eventually("the agent answers over TLS", timeout: .seconds(30)) { (try? await direct.list()) != nil }
                 let proxy = try await TestProxy(connectPorts: [agent.port])
