@@ -2,7 +2,7 @@
 # capmvm benchmark: release builds of flintlockd, capmvm and capmvm-bench; the fixture images; then
 # capmvm-bench runs 3 agents and capmvm against the in-process test API server and prints
 # MicrovmMachine → CreateMicroVM latencies (p50/p99), the scheduler's time for 50 machines over 3
-# hosts, and capmvm's RSS. Run as root.
+# hosts, and capmvm's RSS. Run as root. LM_BENCH_VERBOSE=1 also prints each machine's latency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh >&2

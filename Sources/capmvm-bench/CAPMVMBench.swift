@@ -119,6 +119,7 @@ struct CAPMVMBench: AsyncParsableCommand {
                 }
                 guard let found else { throw ValidationError("machine \(name) got no microVM within 3 s; see \(work)/capmvm.log") }
                 latencies.append(found.timeIntervalSince(created) * 1000)
+                if ProcessInfo.processInfo.environment["LM_BENCH_VERBOSE"] != nil { print(String(format: "%@: %.0f ms", name, latencies.last!)) }
             }
             // All of them ready.
             for _ in 0..<600 {
