@@ -235,7 +235,7 @@ let package = Package(
             path: "Tests/KubernetesTestServer"
         ),
         .testTarget(name: "AgentClientTests", dependencies: ["AgentClient", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
-        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", "AgentClient", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams")]),
+        .testTarget(name: "CAPMVMControllerTests", dependencies: ["CAPMVMController", "CAPMVMAPI", "AgentClient", "Placement", "KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "CAPMVMAPITests", dependencies: ["CAPMVMAPI", "KubernetesClient", "KubernetesTestServer", "Placement", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "KubernetesClientTests", dependencies: ["KubernetesClient", "KubernetesTestServer", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CloudInitTests", dependencies: ["CloudInit", "MicroVMCore", "HostSystem", .product(name: "Yams", package: "Yams")]),

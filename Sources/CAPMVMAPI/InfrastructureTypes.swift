@@ -327,14 +327,25 @@ public struct MicrovmHost: KubernetesObject, Equatable {
         public var credentialsRef: LocalObjectReference?
         /// An HTTP proxy the agent is reached through (CONNECT).
         public var microvmProxy: MicrovmCluster.Proxy?
+        /// vCPUs that may be allocated per CPU of the host; nil means `defaultVCPUOvercommit`.
+        /// Memory is never overcommitted.
+        public var vcpuOvercommit: Int?
         public init(endpoint: String, failureDomain: String? = nil, controlplaneAllowed: Bool? = nil, credentialsRef: LocalObjectReference? = nil,
-                    microvmProxy: MicrovmCluster.Proxy? = nil) {
+                    microvmProxy: MicrovmCluster.Proxy? = nil, vcpuOvercommit: Int? = nil) {
             self.endpoint = endpoint
             self.failureDomain = failureDomain
             self.controlplaneAllowed = controlplaneAllowed
             self.credentialsRef = credentialsRef
             self.microvmProxy = microvmProxy
+            self.vcpuOvercommit = vcpuOvercommit
         }
+
+        /// The vCPU overcommit when a host does not set one: microVM guests are mostly idle, as
+        /// Kubernetes nodes of small clusters are, and memory (not overcommitted) is the real limit.
+        public static let defaultVCPUOvercommit = 4
+
+        /// vCPUs the scheduler may allocate on a host with `cpus` CPUs.
+        public func schedulableVCPUs(cpus: Int) -> Int { cpus * (vcpuOvercommit ?? Self.defaultVCPUOvercommit) }
     }
 
     public struct Status: Codable, Sendable, Equatable {

@@ -45,7 +45,7 @@ public struct HostReconciler: Sendable {
                 st.microvms = Int(c.microvms)
                 st.allocatedVcpus = Int(c.allocatedVcpus)
                 st.allocatedMemoryMb = Int(c.allocatedMemoryMb)
-                st.freeVcpus = Int(c.freeVcpus)
+                st.freeVcpus = max(0, o.spec.schedulableVCPUs(cpus: Int(c.vcpus)) - Int(c.allocatedVcpus))
                 st.freeMemoryMb = Int(c.freeMemoryMb)
                 st.conditions = upsert(st.conditions, Condition(type: "Reachable", status: "True"))
             } else {
@@ -69,13 +69,14 @@ public struct HostReconciler: Sendable {
         return c
     }
 
-    /// A MicrovmHost as the scheduler sees it (capacity from status; unknown capacity: not placeable).
-    static func candidate(_ h: MicrovmHost) -> HostCandidate {
+    /// A MicrovmHost as the scheduler sees it: capacity from its status (unknown capacity: not
+    /// placeable), vCPUs overcommitted as its spec says.
+    public static func candidate(_ h: MicrovmHost) -> HostCandidate {
         let st = h.status
         return HostCandidate(
             name: h.metadata.name ?? h.spec.endpoint, endpoint: h.spec.endpoint, labels: h.metadata.labels ?? [:],
             failureDomain: h.spec.failureDomain, controlPlaneAllowed: h.spec.controlplaneAllowed ?? true, reachable: st?.reachable == true,
-            capacity: Resources(vcpu: st?.vcpus ?? 0, memoryMB: st?.memoryMb ?? 0, microVMs: 1_000_000),
+            capacity: Resources(vcpu: h.spec.schedulableVCPUs(cpus: st?.vcpus ?? 0), memoryMB: st?.memoryMb ?? 0, microVMs: 1_000_000),
             allocated: Resources(vcpu: st?.allocatedVcpus ?? 0, memoryMB: st?.allocatedMemoryMb ?? 0, microVMs: st?.microvms ?? 0))
     }
 }

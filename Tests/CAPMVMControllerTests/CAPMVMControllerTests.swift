@@ -5,6 +5,7 @@ import Foundation
 import KubernetesClient
 import KubernetesTestServer
 import Logging
+import Placement
 import Testing
 import Yams
 
@@ -72,6 +73,35 @@ struct CAPMVMControllerTests {
         let mutual = try #require(try AgentCredentials.tls(from: secret(["ca.crt", "tls.crt", "tls.key"])))
         #expect(mutual.clientCertificate == .pem(Array("PEM tls.crt".utf8)) && mutual.clientKey == .pem(Array("PEM tls.key".utf8)))
         #expect(throws: CredentialsError.self) { try AgentCredentials.tls(from: secret(["ca.crt", "tls.crt"])) }
+    }
+
+    @Test("vCPUs are overcommitted as the MicrovmHost says (4 per CPU by default), memory never: a 2-CPU host takes 8 one-vCPU machines, or 2 with vcpuOvercommit 1")
+    func vcpuOvercommit() {
+        func host(_ overcommit: Int?, allocated: Int) -> MicrovmHost {
+            var h = MicrovmHost(metadata: ObjectMeta(name: "h", namespace: "ns"), spec: .init(endpoint: "127.0.0.1:9090", vcpuOvercommit: overcommit))
+            var st = MicrovmHost.Status()
+            st.reachable = true
+            st.vcpus = 2
+            st.memoryMb = 24_000
+            st.allocatedVcpus = allocated
+            st.allocatedMemoryMb = allocated * 1024
+            st.microvms = allocated
+            h.status = st
+            return h
+        }
+        let request = PlacementRequest(machineName: "m", isControlPlane: false, vcpu: 1, memoryMB: 1024, placed: [])
+        func fits(_ h: MicrovmHost) -> Bool {
+            if case .host = Scheduler.place(request, on: [HostReconciler.candidate(h)]) { return true }
+            return false
+        }
+        #expect(fits(host(nil, allocated: 7)), "2 CPUs × 4 = 8 vCPUs, 7 allocated")
+        #expect(!fits(host(nil, allocated: 8)))
+        #expect(fits(host(1, allocated: 1)) && !fits(host(1, allocated: 2)), "no overcommit")
+        #expect(fits(host(16, allocated: 20)))
+        // Memory stays the hard limit whatever the overcommit.
+        var full = host(16, allocated: 2)
+        full.status?.allocatedMemoryMb = 23_500
+        #expect(!fits(full))
     }
 
     @Test("agent clients: one per endpoint and credentials, reused; a client left idle (say, made with a Secret since rotated) is closed at a later request")
