@@ -57,9 +57,12 @@ public final class AgentConnections: Sendable {
     }
     let entries = Mutex<[Key: Entry]>([:])
     let idleTimeout: Duration
+    let now: @Sendable () -> ContinuousClock.Instant
 
-    public init(idleTimeout: Duration = .seconds(900)) {
+    /// `now` is the clock (tests pass their own).
+    public init(idleTimeout: Duration = .seconds(900), now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
         self.idleTimeout = idleTimeout
+        self.now = now
     }
 
     /// Clients currently open.
@@ -67,7 +70,7 @@ public final class AgentConnections: Sendable {
 
     public func client(endpoint: String, credentials: AgentCredentials = .init()) throws -> AgentClient {
         let key = Key(endpoint: endpoint, credentials: credentials)
-        let now = ContinuousClock.now
+        let now = self.now()
         let (found, idle) = entries.withLock { all -> (AgentClient?, [AgentClient]) in
             let idleKeys = all.filter { $0.key != key && now - $0.value.lastUsed > idleTimeout }.map(\.key)
             let idle = idleKeys.compactMap { all.removeValue(forKey: $0)?.client }

@@ -6,6 +6,7 @@ import KubernetesClient
 import KubernetesTestServer
 import Logging
 import Placement
+import Synchronization
 import Testing
 import Yams
 
@@ -106,14 +107,17 @@ struct CAPMVMControllerTests {
 
     @Test("agent clients: one per endpoint and credentials, reused; a client left idle (say, made with a Secret since rotated) is closed at a later request")
     func agentClientCache() async throws {
-        let agents = AgentConnections(idleTimeout: .milliseconds(300))
+        let clock = Mutex(ContinuousClock.now)
+        let agents = AgentConnections(idleTimeout: .seconds(300)) { clock.withLock { $0 } }
+        func advance(_ d: Duration) { clock.withLock { $0 += d } }
         let old = try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "old"))
         #expect(try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "old")) === old)
         let other = try agents.client(endpoint: "127.0.0.1:2")
         #expect(other !== old && agents.count == 2)
-        try await Task.sleep(for: .milliseconds(200))
+        advance(.seconds(200))
         #expect(try agents.client(endpoint: "127.0.0.1:2") === other, "in use: kept")
-        try await Task.sleep(for: .milliseconds(200))
+        #expect(agents.count == 2, "200 s idle: not yet")
+        advance(.seconds(200))
         let new = try agents.client(endpoint: "127.0.0.1:1", credentials: .init(token: "new"))
         #expect(new !== old)
         #expect(agents.count == 2, "the old token's client was idle past the timeout and is closed; the other is kept")
