@@ -48,12 +48,10 @@ public final class UnixSocketRelay: Sendable {
 
     /// Stops accepting, closes every relayed connection and removes the socket.
     public func stop() {
-        let fds = state.withLock { s -> [Int32] in
+        state.withLock { s in
             s.stopped = true
-            defer { s.open = [] }
-            return s.open
+            for fd in s.open { shutdown(fd, Int32(SHUT_RDWR)) }
         }
-        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)
         unlink(path)
@@ -80,17 +78,21 @@ public final class UnixSocketRelay: Sendable {
             }
             let (first, keep) = state.withLock { s -> (Bool, Bool) in
                 s.connections += 1
-                if !s.stopped { s.open += [client, server] }
-                return (s.connections == 1, !s.stopped && connected == 0)
+                let keep = !s.stopped && connected == 0
+                if keep { s.open += [client, server] }
+                return (s.connections == 1, keep)
             }
             guard keep else { close(client); close(server); continue }
             let limit = first ? cutAfter : Int.max
             let pumpsLeft = Countdown(2)
             let finish: @Sendable () -> Void = { [self] in
                 guard pumpsLeft.down() else { return }
-                state.withLock { $0.open.removeAll { $0 == client || $0 == server } }
-                close(client)
-                close(server)
+                // Under the lock, so that stop() never shuts down a descriptor number reused since.
+                state.withLock { s in
+                    s.open.removeAll { $0 == client || $0 == server }
+                    close(client)
+                    close(server)
+                }
             }
             Thread.detachNewThread { self.pump(from: client, to: server, limit: limit); finish() }
             Thread.detachNewThread { self.pump(from: server, to: client, limit: .max); finish() }
@@ -106,7 +108,8 @@ public final class UnixSocketRelay: Sendable {
             guard n > 0 else { break }
             var sent = 0
             while sent < n {
-                let w = buffer.withUnsafeBytes { write(to, $0.baseAddress! + sent, n - sent) }
+                // MSG_NOSIGNAL: a peer gone is EPIPE here, not a SIGPIPE that ends the test process.
+                let w = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
                 guard w > 0 else { break }
                 sent += w
             }
