@@ -20,6 +20,24 @@ struct ContainerdImageServiceTests {
 
     func ref(_ name: String) -> MicroVMRef { MicroVMRef(uid: ULID.make(), namespace: "it", name: name) }
 
+    /// A new one-layer image (`TinyImage`) pushed to the test registry under a unique name.
+    func pushTinyImage(_ env: TestEnvironment, prefix: String, payloadBytes: Int = 0) async throws
+        -> (image: (layer: String, layerDigest: String, layerSize: Int64, config: Data, manifest: Data), ref: ImageReference) {
+        let image = try await TinyImage.make(payloadBytes: payloadBytes)
+        let imageRef = try ImageReference(parsing: "\(env.registry)/lm-test/\(prefix)-\(UUID().uuidString.prefix(6).lowercased()):v1")
+        let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
+        do {
+            _ = try await client.pushBlob(imageRef, digest: image.layerDigest, size: image.layerSize, file: image.layer)
+            _ = try await client.pushBlob(imageRef, data: image.config)
+            _ = try await client.pushManifest(imageRef, mediaType: "application/vnd.oci.image.manifest.v1+json", data: image.manifest)
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        try await client.shutdown()
+        return (image, imageRef)
+    }
+
     @Test("pulls, unpacks and extracts a kernel file and an ext4 volume; the VM's lease holds them; release drops it", arguments: ["overlayfs", "native"])
     func pullExtractLease(snapshotter: String) async throws {
         let env = try await TestEnvironment.shared()
@@ -78,13 +96,7 @@ struct ContainerdImageServiceTests {
     @Test("a layer the registry serves short fails the pull naming the blob, not as containerd unreachable, and without retrying the registry")
     func shortBlob() async throws {
         let env = try await TestEnvironment.shared()
-        let image = try await TinyImage.make()
-        let imageRef = try ImageReference(parsing: "\(env.registry)/lm-test/short-\(UUID().uuidString.prefix(6).lowercased()):v1")
-        let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
-        _ = try await client.pushBlob(imageRef, digest: image.layerDigest, size: image.layerSize, file: image.layer)
-        _ = try await client.pushBlob(imageRef, data: image.config)
-        _ = try await client.pushManifest(imageRef, mediaType: "application/vnd.oci.image.manifest.v1+json", data: image.manifest)
-        try await client.shutdown()
+        let (image, imageRef) = try await pushTinyImage(env, prefix: "short")
         // Cut the layer in the registry's storage: it now serves fewer bytes than the manifest says.
         let dir = try #require(try await TestEnvironment.scriptVariables()["LM_TEST_ENV"])
         let hex = image.layerDigest.dropFirst("sha256:".count)
@@ -110,13 +122,7 @@ struct ContainerdImageServiceTests {
     @Test("containerd's connection dropped in the middle of a layer upload: the write resumes on a new connection and the pull succeeds")
     func connectionDroppedMidWrite() async throws {
         let env = try await TestEnvironment.shared()
-        let image = try await TinyImage.make(payloadBytes: 8 << 20)
-        let imageRef = try ImageReference(parsing: "\(env.registry)/lm-test/dropped-\(UUID().uuidString.prefix(6).lowercased()):v1")
-        let client = RegistryClient(config: RegistryConfig(), logger: Logger(label: "test"))
-        _ = try await client.pushBlob(imageRef, digest: image.layerDigest, size: image.layerSize, file: image.layer)
-        _ = try await client.pushBlob(imageRef, data: image.config)
-        _ = try await client.pushManifest(imageRef, mediaType: "application/vnd.oci.image.manifest.v1+json", data: image.manifest)
-        try await client.shutdown()
+        let (image, imageRef) = try await pushTinyImage(env, prefix: "dropped", payloadBytes: 8 << 20)
 
         // containerd through a relay that drops the first connection 3 MiB into the upload.
         let relay = try UnixSocketRelay(to: env.containerdSocket, cutAfter: 3 << 20)
