@@ -88,6 +88,7 @@ let package = Package(
         .target(
             name: "CAPMVMController",
             dependencies: [
+                "ReconcileQueue",
                 "CAPMVMAPI", "KubernetesClient", "Placement", "AgentClient", "FlintlockAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"), .product(name: "Metrics", package: "swift-metrics"),
@@ -96,6 +97,7 @@ let package = Package(
         ),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
+        .target(name: "ReconcileQueue"),
         // Small helpers around the host: processes, files, syscalls.
         .target(
             name: "HostSystem",
@@ -146,6 +148,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
+                "ReconcileQueue",
                 "MicroVMCore", "MicroVMStore", "ContainerdImages", "OCIRegistry", "HostNetwork", "QEMUProvider", "CloudInit",
                 "FlintlockAPI", "HostSystem",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -182,7 +185,7 @@ let package = Package(
         .executableTarget(
             name: "capmvm",
             dependencies: [
-                "CAPMVMController", "KubernetesClient",
+                "CAPMVMController", "CAPMVMAPI", "KubernetesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
             ]
@@ -225,10 +228,12 @@ let package = Package(
         .testTarget(name: "MicroVMCoreTests", dependencies: ["MicroVMCore", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "MicroVMStoreTests", dependencies: ["MicroVMStore", "MicroVMCore"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement"]),
+        .testTarget(name: "ReconcileQueueTests", dependencies: ["ReconcileQueue"]),
         // The in-process test double of a Kubernetes API server (none can run on these machines).
         .target(
             name: "KubernetesTestServer",
             dependencies: [
+                "KubernetesClient",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ],

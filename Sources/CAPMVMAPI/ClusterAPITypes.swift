@@ -1,8 +1,11 @@
 import Foundation
 import KubernetesClient
 
-/// The Cluster API (v1beta1) and core objects capmvm reads, with only the fields it uses. Never
-/// written back whole (fields not modelled here would be lost); capmvm only reads them.
+/// The Cluster API and core objects capmvm reads, with only the fields it uses, in either of Cluster
+/// API's versions: v1beta1 (Cluster API up to 1.10) and v1beta2 (1.11 and later), where the fields
+/// capmvm reads differ only in `infrastructureRef` (`apiGroup` instead of `apiVersion`) and the
+/// Cluster's provisioned flag. Never written back whole (fields not modelled here would be lost);
+/// capmvm only reads them.
 public enum ClusterAPIGroup {
     public static let group = "cluster.x-k8s.io"
     public static let version = "v1beta1"
@@ -16,6 +19,8 @@ public enum ClusterAPIGroup {
 
 public struct ObjectReference: Codable, Sendable, Equatable {
     public var apiVersion: String?
+    /// v1beta2's form of a reference names the group only.
+    public var apiGroup: String?
     public var kind: String?
     public var name: String?
     public var namespace: String?
@@ -52,17 +57,35 @@ public struct Cluster: KubernetesObject, Equatable {
         }
     }
     public struct Status: Codable, Sendable, Equatable {
+        /// v1beta1.
         public var infrastructureReady: Bool?
         public var controlPlaneReady: Bool?
+        /// v1beta2.
+        public var initialization: Initialization?
+        public struct Initialization: Codable, Sendable, Equatable {
+            public var infrastructureProvisioned: Bool?
+            public var controlPlaneInitialized: Bool?
+        }
         public init(infrastructureReady: Bool? = nil, controlPlaneReady: Bool? = nil) {
             self.infrastructureReady = infrastructureReady
             self.controlPlaneReady = controlPlaneReady
         }
+        /// Whether the cluster's infrastructure is provisioned, in either version's field.
+        public var infrastructureProvisioned: Bool { infrastructureReady == true || initialization?.infrastructureProvisioned == true }
     }
     public init(metadata: ObjectMeta, spec: Spec? = nil, status: Status? = nil) {
         self.metadata = metadata
         self.spec = spec
         self.status = status
+    }
+}
+
+extension Cluster {
+    /// Whether `object`, one of this cluster's, must not be reconciled: the Cluster's `spec.paused`,
+    /// or the paused annotation on the object (Cluster API's `annotations.IsPaused`; clusterctl move
+    /// pauses a cluster so before moving its objects).
+    public func pauses(_ object: ObjectMeta) -> Bool {
+        spec?.paused == true || object.annotations?[ClusterAPIGroup.pausedAnnotation] != nil
     }
 }
 
@@ -91,6 +114,7 @@ public struct Machine: KubernetesObject, Equatable {
         }
     }
     public var isControlPlane: Bool { metadata.labels?[ClusterAPIGroup.controlPlaneLabel] != nil }
+
     public init(metadata: ObjectMeta, spec: Spec) {
         self.metadata = metadata
         self.spec = spec

@@ -18,13 +18,17 @@ public struct Condition: Codable, Sendable, Equatable {
     public var reason: String?
     public var message: String?
     public var lastTransitionTime: String?
-    public init(type: String, status: String, severity: String? = nil, reason: String? = nil, message: String? = nil, lastTransitionTime: String? = nil) {
+    /// The object's `metadata.generation` the condition was set for (read by Cluster API's v1beta2 contract).
+    public var observedGeneration: Int64?
+    public init(type: String, status: String, severity: String? = nil, reason: String? = nil, message: String? = nil, lastTransitionTime: String? = nil,
+                observedGeneration: Int64? = nil) {
         self.type = type
         self.status = status
         self.severity = severity
         self.reason = reason
         self.message = message
         self.lastTransitionTime = lastTransitionTime
+        self.observedGeneration = observedGeneration
     }
 }
 
@@ -130,13 +134,64 @@ public struct MicrovmCluster: KubernetesObject, Equatable {
     }
 
     public struct Status: Codable, Sendable, Equatable {
+        /// Provisioned, for the v1beta1 contract.
         public var ready: Bool?
+        /// Provisioned, for the v1beta2 contract.
+        public var initialization: Initialization?
         public var conditions: [Condition]?
-        public var failureDomains: [String: FailureDomain]?
-        public init(ready: Bool? = nil, conditions: [Condition]? = nil, failureDomains: [String: FailureDomain]? = nil) {
+        /// A map in the v1beta1 contract, a list in v1beta2 (see `FailureDomains`).
+        public var failureDomains: FailureDomains?
+        public init(ready: Bool? = nil, conditions: [Condition]? = nil, failureDomains: FailureDomains? = nil) {
             self.ready = ready
             self.conditions = conditions
             self.failureDomains = failureDomains
+        }
+    }
+
+    /// `status.failureDomains`: Cluster API's v1beta1 contract reads a map from name to failure
+    /// domain, its v1beta2 contract a list of named ones. The CRD takes either; capmvm writes the one
+    /// of the contract the management cluster's Cluster API speaks.
+    public enum FailureDomains: Codable, Sendable, Equatable {
+        case map([String: FailureDomain])
+        case list([NamedFailureDomain])
+
+        public init(_ domains: [String: FailureDomain], contract: ClusterAPIContract) {
+            switch contract {
+            case .v1beta1: self = .map(domains)
+            case .v1beta2: self = .list(domains.sorted { $0.key < $1.key }.map { NamedFailureDomain(name: $0.key, controlPlane: $0.value.controlPlane, attributes: $0.value.attributes) })
+            }
+        }
+
+        /// By name, whichever the form.
+        public var byName: [String: FailureDomain] {
+            switch self {
+            case .map(let m): return m
+            case .list(let l): return Dictionary(l.map { ($0.name, FailureDomain(controlPlane: $0.controlPlane, attributes: $0.attributes)) }, uniquingKeysWith: { a, _ in a })
+            }
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let list = try? c.decode([NamedFailureDomain].self) { self = .list(list) } else { self = .map(try c.decode([String: FailureDomain].self)) }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.singleValueContainer()
+            switch self {
+            case .map(let m): try c.encode(m)
+            case .list(let l): try c.encode(l)
+            }
+        }
+    }
+
+    public struct NamedFailureDomain: Codable, Sendable, Equatable {
+        public var name: String
+        public var controlPlane: Bool?
+        public var attributes: [String: String]?
+        public init(name: String, controlPlane: Bool? = nil, attributes: [String: String]? = nil) {
+            self.name = name
+            self.controlPlane = controlPlane
+            self.attributes = attributes
         }
     }
 
@@ -232,7 +287,10 @@ public struct MicrovmMachine: KubernetesObject, Equatable {
 
     /// pending, running, failed, deleted or unknown.
     public struct Status: Codable, Sendable, Equatable {
+        /// Provisioned, for the v1beta1 contract.
         public var ready: Bool?
+        /// Provisioned, for the v1beta2 contract.
+        public var initialization: Initialization?
         public var vmState: String?
         public var addresses: [MachineAddress]?
         public var failureReason: String?
@@ -249,6 +307,27 @@ public struct MicrovmMachine: KubernetesObject, Equatable {
 }
 
 /// Cluster API's machine address (`type`: Hostname, ExternalIP, InternalIP, ExternalDNS, InternalDNS).
+/// `status.initialization` of Cluster API's v1beta2 contract.
+public struct Initialization: Codable, Sendable, Equatable {
+    public var provisioned: Bool?
+    public init(provisioned: Bool? = nil) { self.provisioned = provisioned }
+}
+
+/// The version of Cluster API's contract between its core controllers and this provider. Our kinds
+/// serve both (one API version, v1alpha1): the status carries `ready` and `initialization.provisioned`,
+/// conditions readable as either; only the failure domains' shape depends on it.
+public enum ClusterAPIContract: String, Sendable, Equatable {
+    /// Cluster API up to v1.10 (CAPMVM's).
+    case v1beta1
+    /// Cluster API v1.11 and later.
+    case v1beta2
+
+    /// The contract of a management cluster whose `cluster.x-k8s.io` group serves `versions`.
+    public init(servedVersions versions: [String]) {
+        self = versions.contains("v1beta2") ? .v1beta2 : .v1beta1
+    }
+}
+
 public struct MachineAddress: Codable, Sendable, Equatable {
     public var type: String
     public var address: String

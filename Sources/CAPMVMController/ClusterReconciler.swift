@@ -8,11 +8,14 @@ import Logging
 
 /// MicrovmCluster reconciler with CAPMVM's behaviour: needs a control plane endpoint (on the
 /// MicrovmCluster or its Cluster); publishes one failure domain per static-pool host, keyed by its
-/// endpoint, with `controlPlane` from `controlplaneAllowed` (default true); sets `ready`; and reports
-/// whether the workload cluster's API server answers on the endpoint (`LoadBalancerAvailable`).
+/// endpoint, with `controlPlane` from `controlplaneAllowed` (default true), in the shape of `contract`;
+/// sets `ready` and `initialization.provisioned`; and reports whether the workload cluster's API server
+/// answers on the endpoint (`LoadBalancerAvailable`). A paused cluster is left alone.
 public struct ClusterReconciler: Sendable {
     public var kube: KubernetesClient
     public var logger: Logger
+    /// The Cluster API contract the management cluster speaks (the failure domains' shape).
+    public var contract: ClusterAPIContract = .v1beta1
     /// How often the endpoint is checked again while it does not answer.
     public var endpointRequeue: Duration = .seconds(30)
 
@@ -28,11 +31,17 @@ public struct ClusterReconciler: Sendable {
         do { c = try await kube.get(MicrovmCluster.self, name: name, namespace: namespace) } catch let e as KubernetesAPIError where e.isNotFound {
             return .done
         }
+        var owner: Cluster?
+        if let ref = c.metadata.ownerReferences?.first(where: { $0.kind == "Cluster" }) {
+            do { owner = try await kube.get(Cluster.self, name: ref.name, namespace: namespace) } catch let e as KubernetesAPIError where e.isNotFound {}
+        }
+        if owner?.pauses(c.metadata) == true || c.metadata.annotations?[ClusterAPIGroup.pausedAnnotation] != nil {
+            try await setStatus(c, paused: true) { _ in }
+            return .done
+        }
         if c.metadata.deletionTimestamp != nil { return .done }
         var endpoint = c.spec.controlPlaneEndpoint
-        if endpoint == nil || endpoint?.host.isEmpty == true, let owner = c.metadata.ownerReferences?.first(where: { $0.kind == "Cluster" }) {
-            endpoint = try? await kube.get(Cluster.self, name: owner.name, namespace: namespace).spec?.controlPlaneEndpoint
-        }
+        if endpoint == nil || endpoint?.host.isEmpty == true { endpoint = owner?.spec?.controlPlaneEndpoint }
         guard let endpoint, !endpoint.host.isEmpty, endpoint.port > 0 else {
             try await setStatus(c) { st in
                 st.ready = false
@@ -46,9 +55,11 @@ public struct ClusterReconciler: Sendable {
             domains[h.endpoint] = .init(controlPlane: h.controlplaneAllowed ?? true)
         }
         let answers = await Self.tcpReachable(host: endpoint.host, port: endpoint.port, timeout: .seconds(2))
+        let contract = self.contract
         try await setStatus(c) { st in
             st.ready = true
-            st.failureDomains = domains
+            st.initialization = Initialization(provisioned: true)
+            st.failureDomains = MicrovmCluster.FailureDomains(domains, contract: contract)
             st.conditions = upsert(st.conditions, Condition(type: "Ready", status: "True"))
             st.conditions = upsert(st.conditions, answers
                 ? Condition(type: Self.loadBalancerCondition, status: "True")
@@ -58,10 +69,11 @@ public struct ClusterReconciler: Sendable {
         return answers ? .done : .requeue(after: endpointRequeue)
     }
 
-    func setStatus(_ c: MicrovmCluster, _ change: @escaping (inout MicrovmCluster.Status) -> Void) async throws {
+    func setStatus(_ c: MicrovmCluster, paused: Bool = false, _ change: @escaping (inout MicrovmCluster.Status) -> Void) async throws {
         try await kube.update(MicrovmCluster.self, name: c.metadata.name ?? "", namespace: c.metadata.namespace, status: true) { o in
             var st = o.status ?? MicrovmCluster.Status()
             change(&st)
+            st.conditions = summarized(st.conditions, from: nil, paused: paused, generation: o.metadata.generation)
             o.status = st
         }
     }

@@ -3,60 +3,9 @@ import Foundation
 import KubernetesClient
 import Logging
 import Metrics
+import Placement
+import ReconcileQueue
 import Synchronization
-
-/// Keys ("namespace/name") waiting to be reconciled: each key at most once in the queue and never
-/// reconciled twice at the same time; a key added while it runs is run again afterwards.
-public actor WorkQueue {
-    var queue: [String] = []
-    var queued: Set<String> = []
-    var running: Set<String> = []
-    var dirty: Set<String> = []
-    var waiters: [CheckedContinuation<String?, Never>] = []
-    var closed = false
-
-    public init() {}
-
-    public func add(_ key: String) {
-        guard !closed else { return }
-        if running.contains(key) { dirty.insert(key); return }
-        guard queued.insert(key).inserted else { return }
-        if !waiters.isEmpty { queued.remove(key); running.insert(key); waiters.removeFirst().resume(returning: key); return }
-        queue.append(key)
-    }
-
-    public nonisolated func add(_ key: String, after delay: Duration) {
-        Task {
-            try? await Task.sleep(for: delay)
-            await add(key)
-        }
-    }
-
-    /// The next key to work on (nil once closed); call `done` after.
-    public func next() async -> String? {
-        if !queue.isEmpty {
-            let k = queue.removeFirst()
-            queued.remove(k)
-            running.insert(k)
-            return k
-        }
-        if closed { return nil }
-        return await withCheckedContinuation { waiters.append($0) }
-    }
-
-    public func done(_ key: String) {
-        running.remove(key)
-        if dirty.remove(key) != nil { add(key) }
-    }
-
-    public func close() {
-        closed = true
-        for w in waiters { w.resume(returning: nil) }
-        waiters.removeAll()
-    }
-
-    public var depth: Int { queue.count }
-}
 
 /// Settings of the controller manager, as CAPMVM's flags name them.
 public struct ControllerSettings: Sendable {
@@ -73,6 +22,9 @@ public struct ControllerSettings: Sendable {
     public var pendingRequeue: Duration = .seconds(30)
     /// How often each MicrovmHost's agent is probed for capacity and health.
     public var hostProbeInterval: Duration = .seconds(30)
+    /// The Cluster API contract to serve; nil: the one the API server's `cluster.x-k8s.io` group
+    /// speaks (v1beta2 when it serves that version, which capmvm then reads Cluster API's objects in).
+    public var contract: ClusterAPIContract?
     public init() {}
 }
 
@@ -96,12 +48,15 @@ public final class ControllerManager: Sendable {
 
     public init(kube: KubernetesClient, agents: AgentConnections, settings: ControllerSettings, logger: Logger) {
         self.kube = kube
+        let reservations = PlacementReservations()
         var machines = MachineReconciler(kube: kube, agents: agents, logger: logger)
         machines.pendingRequeue = settings.pendingRequeue
+        machines.reservations = reservations
         self.machines = machines
         self.clusters = ClusterReconciler(kube: kube, logger: logger)
         var hosts = HostReconciler(kube: kube, agents: agents, logger: logger)
         hosts.probeInterval = settings.hostProbeInterval
+        hosts.reservations = reservations
         self.hosts = hosts
         self.settings = settings
         self.logger = logger
@@ -111,8 +66,33 @@ public final class ControllerManager: Sendable {
 
     static func key(_ m: ObjectMeta) -> String { "\(m.namespace ?? "")/\(m.name ?? "")" }
 
+    /// The contract served, once `run` has found it.
+    let servedContract = Mutex<ClusterAPIContract?>(nil)
+    public var contract: ClusterAPIContract? { servedContract.withLock { $0 } }
+
+    /// The contract of `settings`, else of the API server (asked until it answers).
+    func discoverContract() async -> ClusterAPIContract? {
+        if let c = settings.contract { return c }
+        while !Task.isCancelled {
+            do {
+                return ClusterAPIContract(servedVersions: try await kube.servedVersions(group: ClusterAPIGroup.group))
+            } catch {
+                logger.warning("cannot ask the API server which Cluster API versions it serves; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(2))
+            }
+        }
+        return nil
+    }
+
     /// Runs until the task is cancelled.
     public func run() async {
+        guard let contract = await discoverContract() else { return }
+        if contract == .v1beta2 { kube.useVersion("v1beta2", forGroup: ClusterAPIGroup.group) }
+        servedContract.withLock { $0 = contract }
+        logger.info("serving Cluster API's \(contract.rawValue) contract")
+        var contracted = self.clusters
+        contracted.contract = contract
+        let clusters = contracted
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.inform(MicrovmMachine.self) { await self.machineQueue.add(Self.key($0.metadata)) } }
             group.addTask {
@@ -140,7 +120,17 @@ public final class ControllerManager: Sendable {
                 }
             }
             group.addTask { await self.inform(MicrovmCluster.self) { await self.clusterQueue.add(Self.key($0.metadata)) } }
-            group.addTask { await self.inform(MicrovmHost.self) { await self.hostQueue.add(Self.key($0.metadata)) } }
+            group.addTask {
+                await self.inform(MicrovmHost.self) { h in
+                    await self.hostQueue.add(Self.key(h.metadata))
+                    // Machines on a host that stopped answering are looked at, so that they say so.
+                    if h.status?.reachable == false, let list = try? await self.kube.list(MicrovmMachine.self, namespace: h.metadata.namespace) {
+                        for m in list.items where (m.spec.providerID.flatMap(ProviderID.init)?.host ?? m.metadata.annotations?[placementAnnotation]) == h.spec.endpoint {
+                            await self.machineQueue.add(Self.key(m.metadata))
+                        }
+                    }
+                }
+            }
             for _ in 0..<max(1, settings.hostConcurrency) {
                 group.addTask { await self.work(self.hostQueue, kind: "MicrovmHost") { try await self.hosts.reconcile(namespace: $0, name: $1) } }
             }
@@ -148,7 +138,7 @@ public final class ControllerManager: Sendable {
                 group.addTask { await self.work(self.machineQueue, kind: "MicrovmMachine") { try await self.machines.reconcile(namespace: $0, name: $1) } }
             }
             for _ in 0..<max(1, settings.clusterConcurrency) {
-                group.addTask { await self.work(self.clusterQueue, kind: "MicrovmCluster") { try await self.clusters.reconcile(namespace: $0, name: $1) } }
+                group.addTask { await self.work(self.clusterQueue, kind: "MicrovmCluster") { try await clusters.reconcile(namespace: $0, name: $1) } }
             }
             await withTaskCancellationHandler {
                 await group.waitForAll()
@@ -175,7 +165,7 @@ public final class ControllerManager: Sendable {
                 case .done: break
                 case .requeue(let after):
                     result = "requeue"
-                    queue.add(key, after: after)
+                    await queue.add(key, after: after)
                 }
             } catch is CancellationError {
                 await queue.done(key)
@@ -183,7 +173,7 @@ public final class ControllerManager: Sendable {
             } catch {
                 result = "error"
                 logger.warning("reconcile failed; retrying", metadata: ["kind": "\(kind)", "key": "\(key)", "error": "\(error)"])
-                queue.add(key, after: .seconds(5))
+                await queue.add(key, after: .seconds(5))
             }
             duration.record(duration: ContinuousClock.now - start)
             Counter(label: "capmvm_reconcile_total", dimensions: [("controller", kind), ("result", result)]).increment()

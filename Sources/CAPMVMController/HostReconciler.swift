@@ -14,6 +14,8 @@ public struct HostReconciler: Sendable {
     public var logger: Logger
     /// How often a host is probed.
     public var probeInterval: Duration = .seconds(30)
+    /// Capacity held for machines placed on hosts since their last probe (shared with the machine reconciler).
+    public var reservations = PlacementReservations()
 
     public init(kube: KubernetesClient, agents: AgentConnections, logger: Logger) {
         self.kube = kube
@@ -28,6 +30,7 @@ public struct HostReconciler: Sendable {
         }
         if host.metadata.deletionTimestamp != nil { return .done }
         var probe: (capacity: Liquidmetal_Agent_V1_HostCapacity?, error: String?)
+        let started = ContinuousClock.now
         do {
             let client = try agents.client(endpoint: host.spec.endpoint, credentials: try await Self.credentials(kube, host: host))
             probe = (try await client.capacity(), nil)
@@ -54,6 +57,7 @@ public struct HostReconciler: Sendable {
             }
             o.status = st
         }
+        if probe.capacity != nil { reservations.probed(host: name, startedAt: started) }
         if probe.capacity == nil { logger.warning("host unreachable", metadata: ["microvmhost": "\(namespace)/\(name)", "endpoint": "\(host.spec.endpoint)"]) }
         return .requeue(after: probeInterval)
     }

@@ -18,13 +18,18 @@ public enum ReconcileResult: Sendable, Equatable {
 /// `microvm://<endpoint>/<uid>`, create-request metadata), without CAPMVM's defects: before creating, the
 /// VM is looked up on the host by namespace, name and the machine's uid label, so a create whose
 /// providerID patch failed is not repeated; a machine whose VM never existed deletes cleanly;
-/// `status.addresses`, `failureReason` and `failureMessage` are filled in.
+/// `status.addresses`, `failureReason` and `failureMessage` are filled in. Only hosts of the
+/// cluster's placement are ever contacted (a host named by a field any user can edit is checked
+/// first); a VM that vanished after its providerID was recorded is a terminal failure, never recreated;
+/// a paused cluster or machine is left alone. Status serves both of Cluster API's contracts.
 public struct MachineReconciler: Sendable {
     public var kube: KubernetesClient
     public var agents: AgentConnections
     public var logger: Logger
     /// How soon a machine whose VM is still PENDING is looked at again.
     public var pendingRequeue: Duration = .seconds(30)
+    /// Capacity held for machines placed by the scheduler until their hosts' next probe.
+    public var reservations = PlacementReservations()
 
     public init(kube: KubernetesClient, agents: AgentConnections, logger: Logger) {
         self.kube = kube
@@ -33,61 +38,77 @@ public struct MachineReconciler: Sendable {
     }
 
     public static let readyCondition = "MicrovmReady"
+    /// The reason of a terminal failure: the machine's microVM is gone from its host after its
+    /// providerID was recorded. Cluster API's v1beta1 contract reads `failureReason` (UpdateError) from
+    /// it; under v1beta2 the `Ready` condition says it. Either way the machine is to be replaced.
+    public static let lostReason = "MicrovmLost"
+
+    /// The hosts a cluster's machines may use and how each is reached.
+    struct HostPool {
+        var endpoints: [String]
+        var dynamicHosts: [MicrovmHost]
+        var isDynamic: Bool
+        var staticHosts: [MicrovmCluster.Host]
+        var tokens: [String: String]
+        var clusterTLS: AgentClient.TLSOptions?
+        var clusterProxy: HTTPConnectProxy?
+        var hostCredentials: [String: AgentCredentials]
+
+        func contains(_ endpoint: String) -> Bool { endpoints.contains(endpoint) }
+
+        /// Credentials for a host of the pool (nil for any other: nothing is ever sent elsewhere).
+        func credentials(_ endpoint: String) -> AgentCredentials? {
+            guard contains(endpoint) else { return nil }
+            let hostName = staticHosts.first { $0.endpoint == endpoint }?.name
+            let own = hostCredentials[endpoint]
+            return AgentCredentials(token: own?.token ?? tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"],
+                                    tls: own?.tls ?? clusterTLS, proxy: own?.proxy ?? clusterProxy)
+        }
+    }
 
     public func reconcile(namespace: String, name: String) async throws -> ReconcileResult {
         var m: MicrovmMachine
         do { m = try await kube.get(MicrovmMachine.self, name: name, namespace: namespace) } catch let e as KubernetesAPIError where e.isNotFound {
             return .done
         }
-        guard let ownerName = m.metadata.ownerReferences?.first(where: { $0.kind == "Machine" })?.name else {
+        let deleting = m.metadata.deletionTimestamp != nil
+        // The owner Machine (it may be gone when the MicrovmMachine is deleted after it); the cluster
+        // from the Machine, else from the cluster-name label Cluster API puts on both.
+        let machine: Machine? = try await optional {
+            guard let owner = m.metadata.ownerReferences?.first(where: { $0.kind == "Machine" })?.name else { return nil }
+            return try await kube.get(Machine.self, name: owner, namespace: namespace)
+        }
+        guard let clusterName = machine?.spec.clusterName ?? m.metadata.labels?[ClusterAPIGroup.clusterNameLabel] else {
+            if deleting { return try await deleteWithoutCluster(m, why: "it names no cluster") }
             logger.debug("waiting for the owner Machine", metadata: ["microvmmachine": "\(namespace)/\(name)"])
-            return m.metadata.deletionTimestamp != nil ? try await finishDelete(m) : .done
+            return .done
         }
-        let machine: Machine, cluster: Cluster, mvmCluster: MicrovmCluster
-        do {
-            machine = try await kube.get(Machine.self, name: ownerName, namespace: namespace)
-            cluster = try await kube.get(Cluster.self, name: machine.spec.clusterName, namespace: namespace)
-            if cluster.spec?.paused == true { return .done }
-            guard let infraName = cluster.spec?.infrastructureRef?.name else { return .requeue(after: .seconds(10)) }
-            mvmCluster = try await kube.get(MicrovmCluster.self, name: infraName, namespace: namespace)
-        } catch let e as KubernetesAPIError where e.isNotFound && m.metadata.deletionTimestamp != nil {
-            // Being deleted after its Machine or cluster objects went: remove the VM its providerID
-            // names (without the cluster's credentials), then the finalizer.
-            return try await reconcileDelete(m, hosts: [], credentials: { _ in AgentCredentials() })
+        let cluster = try await optional { try await kube.get(Cluster.self, name: clusterName, namespace: namespace) }
+        if let cluster, cluster.pauses(m.metadata) {
+            try await setStatus(m, paused: true) { _ in }
+            logger.debug("paused", metadata: ["microvmmachine": "\(namespace)/\(name)"])
+            return .done  // an unpause (a Cluster or MicrovmMachine change) brings it back
         }
-        let hosts = mvmCluster.spec.placement.staticPool?.hosts ?? []
-        // How each host is reached: the cluster's basic-auth tokens, TLS Secret and proxy; in a
-        // dynamic pool, a MicrovmHost's own credentials and proxy come first.
-        let tokens: [String: String], clusterTLS: AgentClient.TLSOptions?, clusterProxy: HTTPConnectProxy?
-        var poolHosts: [MicrovmHost] = []
-        var hostCredentials: [String: AgentCredentials] = [:]
-        do {
-            tokens = try await basicAuthTokens(mvmCluster, namespace: namespace)
-            clusterTLS = try await tlsSecret(mvmCluster.spec.tlsSecretRef, namespace: namespace)
-            clusterProxy = try AgentCredentials.proxy(mvmCluster.spec.microvmProxy)
-            if let dynamic = mvmCluster.spec.placement.dynamicPool {
-                let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-                poolHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
-                for h in poolHosts { hostCredentials[h.spec.endpoint] = try await HostReconciler.credentials(kube, host: h) }
-            }
-        } catch let e as CredentialsError {
+        let mvmCluster = try await microvmCluster(of: cluster, named: clusterName, namespace: namespace)
+        guard let mvmCluster else {
+            if deleting { return try await deleteWithoutCluster(m, why: "the MicrovmCluster of cluster \(clusterName) is gone") }
+            return .requeue(after: .seconds(10))
+        }
+        let pool: HostPool
+        do { pool = try await hostPool(mvmCluster, namespace: namespace) } catch let e as CredentialsError {
             return try await credentialsProblem(m, e.description)
         } catch let e as KubernetesAPIError where e.isNotFound {
             // A Secret the cluster or a host names is missing: say so on the machine, look again later.
             return try await credentialsProblem(m, e.message)
         }
-        let poolEndpoints = mvmCluster.spec.placement.dynamicPool != nil ? poolHosts.map(\.spec.endpoint) : hosts.map(\.endpoint)
-        func credentials(_ endpoint: String) -> AgentCredentials {
-            let hostName = hosts.first { $0.endpoint == endpoint }?.name
-            let own = hostCredentials[endpoint]
-            return AgentCredentials(token: own?.token ?? tokens[endpoint] ?? hostName.flatMap { tokens[$0] } ?? tokens["token"],
-                                    tls: own?.tls ?? clusterTLS, proxy: own?.proxy ?? clusterProxy)
+        if deleting {
+            return try await reconcileDelete(m, pool: pool)
         }
-
-        if m.metadata.deletionTimestamp != nil {
-            return try await reconcileDelete(m, hosts: poolEndpoints, credentials: credentials)
+        guard let machine, let cluster else {
+            logger.debug("waiting for the owner Machine and its Cluster", metadata: ["microvmmachine": "\(namespace)/\(name)"])
+            return .done
         }
-        guard cluster.status?.infrastructureReady == true else {
+        guard cluster.status?.infrastructureProvisioned == true else {
             try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Info", reason: "WaitingForClusterInfra")) }
             return .done  // a Cluster change brings it back
         }
@@ -100,42 +121,48 @@ public struct MachineReconciler: Sendable {
                 current.contains(InfrastructureGroup.machineFinalizer) ? current : current + [InfrastructureGroup.machineFinalizer]
             }
         }
-        // Where: the providerID's host; else a VM already made for this machine on any pool host (its
-        // providerID was not recorded); else the static pool's choice or the scheduler's.
-        // The host chosen earlier is recorded (annotation) before the VM is created there, so that a
-        // crash or a lost providerID patch never leads to a second VM on another host, even when the
-        // first host does not answer right now.
+        // Where: the providerID's host; else the host recorded before an earlier create; else a VM
+        // already made for this machine on any pool host (its providerID was not recorded); else the
+        // static pool's choice or the scheduler's. Every one of these must be a host of the pool: the
+        // providerID, the annotation and the failure domain are fields a user can edit, and the
+        // cluster's credentials go wherever the host is.
         let existing = m.spec.providerID.flatMap(ProviderID.init)
         var host = existing?.host ?? m.metadata.annotations?[placementAnnotation]
+        if let named = host, !pool.contains(named) {
+            return try await hostOutsidePool(m, named, deleting: false)
+        }
         var vm: AgentClient.MicroVM?
         if host == nil {
-            for endpoint in poolEndpoints {
-                guard let client = try? agents.client(endpoint: endpoint, credentials: credentials(endpoint)),
+            for endpoint in pool.endpoints {
+                guard let creds = pool.credentials(endpoint), let client = try? agents.client(endpoint: endpoint, credentials: creds),
                       let found = try? await findVM(client, machine: m, namespace: namespace, uid: nil) else { continue }
                 (host, vm) = (endpoint, found)
                 break
             }
         }
         if host == nil {
-            if mvmCluster.spec.placement.dynamicPool != nil {
-                switch try await schedule(m, machine: machine, hosts: poolHosts, namespace: namespace) {
+            if pool.isDynamic {
+                switch try await schedule(m, machine: machine, hosts: pool.dynamicHosts, namespace: namespace) {
                 case .host(let h): host = h.endpoint
                 case .unschedulable(let why):
                     try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "NoHostAvailable", message: why.joined(separator: "; "))) }
                     return .requeue(after: pendingRequeue)
                 }
             } else {
-                host = StaticPool.failureDomain(machineName: name, failureDomains: hosts.map(\.endpoint), requested: machine.spec.failureDomain, providerID: nil)
+                if let fd = machine.spec.failureDomain, !fd.isEmpty, !pool.contains(fd) {
+                    return try await fail(m, reason: "InvalidConfiguration", message: "the Machine's failure domain \(fd) is not a host of the MicrovmCluster's placement")
+                }
+                host = StaticPool.failureDomain(machineName: name, failureDomains: pool.endpoints, requested: machine.spec.failureDomain, providerID: nil)
             }
         }
-        guard let host else {
+        guard let host, let credentials = pool.credentials(host) else {
             return try await fail(m, reason: "InvalidConfiguration", message: "the MicrovmCluster's placement has no hosts")
         }
         if m.metadata.annotations?[placementAnnotation] != host {
             let patch = try JSONSerialization.data(withJSONObject: ["metadata": ["annotations": [placementAnnotation: host]]])
             m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: patch)
         }
-        let agent = try agents.client(endpoint: host, credentials: credentials(host))
+        let agent = try agents.client(endpoint: host, credentials: credentials)
         if vm == nil {
             do { vm = try await findVM(agent, machine: m, namespace: namespace, uid: existing?.uid) } catch let e as RPCError where e.code == .unavailable {
                 // The host is down: say so, keep the machine as it is, look again later.
@@ -143,6 +170,12 @@ public struct MachineReconciler: Sendable {
                 return .requeue(after: pendingRequeue)
             }
         }
+        if let existing, vm?.spec.uid != existing.uid {
+            // The VM the providerID names is gone. The providerID cannot change (the CRD forbids it, and
+            // the Node carries it), so the machine is lost for good: say so, and let it be replaced.
+            return try await lost(m, existing)
+        }
+        let uid = m.metadata.uid ?? ""
         if vm == nil {
             let secret = try await kube.get(Secret.self, name: secretName, namespace: namespace)
             guard let data = secret.data?["value"] else {
@@ -153,15 +186,80 @@ public struct MachineReconciler: Sendable {
                 vm = try await agent.create(spec)
                 logger.info("created microVM", metadata: ["microvmmachine": "\(namespace)/\(name)", "host": "\(host)", "uid": "\(vm?.spec.uid ?? "")"])
             } catch let e as RPCError where e.code == .invalidArgument || e.code == .failedPrecondition {
+                reservations.release(machine: uid)
                 return try await fail(m, reason: "MicrovmProvisionFailed", message: "\(e.code): \(e.message)")
             }
         }
         guard let vm else { return .requeue(after: .seconds(5)) }
-        let providerID = ProviderID(host: host, uid: vm.spec.uid).description
-        if m.spec.providerID != providerID {
+        reservations.created(machine: uid)
+        if m.spec.providerID == nil {
+            let providerID = ProviderID(host: host, uid: vm.spec.uid).description
             m = try await kube.mergePatch(MicrovmMachine.self, name: name, namespace: namespace, patch: try JSONSerialization.data(withJSONObject: ["spec": ["providerID": providerID]]))
         }
         return try await reportState(m, vm: vm)
+    }
+
+    /// `fetch`'s object, or nil when it is not found.
+    func optional<T>(_ fetch: () async throws -> T?) async throws -> T? {
+        do { return try await fetch() } catch let e as KubernetesAPIError where e.isNotFound { return nil }
+    }
+
+    /// The MicrovmCluster of a cluster: the Cluster's infrastructureRef; without the Cluster (deleted
+    /// first), the MicrovmCluster it owned, else one of the cluster's name (as the templates name it).
+    func microvmCluster(of cluster: Cluster?, named clusterName: String, namespace: String) async throws -> MicrovmCluster? {
+        if let cluster {
+            guard let ref = cluster.spec?.infrastructureRef, ref.kind == "MicrovmCluster", let infra = ref.name else { return nil }
+            return try await optional { try await kube.get(MicrovmCluster.self, name: infra, namespace: namespace) }
+        }
+        let all = try await kube.list(MicrovmCluster.self, namespace: namespace).items
+        return all.first { $0.metadata.ownerReferences?.contains { $0.kind == "Cluster" && $0.name == clusterName } == true }
+            ?? all.first { $0.metadata.name == clusterName }
+    }
+
+    /// The cluster's hosts and how each is reached: the cluster's basic-auth tokens, TLS Secret and
+    /// proxy; in a dynamic pool, a MicrovmHost's own credentials and proxy come first.
+    func hostPool(_ c: MicrovmCluster, namespace: String) async throws -> HostPool {
+        let staticHosts = c.spec.placement.staticPool?.hosts ?? []
+        var pool = HostPool(endpoints: staticHosts.map(\.endpoint), dynamicHosts: [], isDynamic: c.spec.placement.dynamicPool != nil, staticHosts: staticHosts,
+                            tokens: try await basicAuthTokens(c, namespace: namespace),
+                            clusterTLS: try await tlsSecret(c.spec.tlsSecretRef, namespace: namespace),
+                            clusterProxy: try AgentCredentials.proxy(c.spec.microvmProxy), hostCredentials: [:])
+        if let dynamic = c.spec.placement.dynamicPool {
+            let selector = (dynamic.hostSelector ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            pool.dynamicHosts = try await kube.list(MicrovmHost.self, namespace: namespace, labelSelector: selector).items
+            pool.endpoints = pool.dynamicHosts.map(\.spec.endpoint)
+            for h in pool.dynamicHosts { pool.hostCredentials[h.spec.endpoint] = try await HostReconciler.credentials(kube, host: h) }
+        }
+        return pool
+    }
+
+    /// A host named by the machine's providerID or annotation is not in the cluster's placement: it is
+    /// not contacted (nor given the cluster's credentials). Fixing the placement or the field lets the
+    /// machine go on.
+    func hostOutsidePool(_ m: MicrovmMachine, _ host: String, deleting: Bool) async throws -> ReconcileResult {
+        let message = "host \(host), named by the machine's providerID or \(placementAnnotation) annotation, is not in the MicrovmCluster's placement: it is not contacted"
+        logger.warning("host outside the cluster's placement", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")", "host": "\(host)"])
+        try await setStatus(m) {
+            $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Error",
+                                                            reason: deleting ? "MicrovmDeleteFailed" : "HostNotInPlacement", message: message))
+        }
+        return .requeue(after: .seconds(60))
+    }
+
+    /// The recorded VM is gone: a terminal failure (v1beta1: failureReason; v1beta2: the Ready condition).
+    func lost(_ m: MicrovmMachine, _ providerID: ProviderID) async throws -> ReconcileResult {
+        let message = "microVM \(providerID.uid) is gone from host \(providerID.host); it is not recreated (the providerID cannot change): delete the Machine, or let a MachineHealthCheck replace it"
+        if m.status?.conditions?.first(where: { $0.type == Self.readyCondition })?.reason != Self.lostReason {
+            logger.error("microVM lost", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")", "providerID": "\(providerID)"])
+        }
+        try await setStatus(m) { st in
+            st.ready = false
+            st.vmState = "failed"
+            st.failureReason = "UpdateError"
+            st.failureMessage = message
+            st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Error", reason: Self.lostReason, message: message))
+        }
+        return .done
     }
 
     /// Dynamic placement: the scheduler over the pool's hosts, spreading the cluster's machines
@@ -179,7 +277,7 @@ public struct MachineReconciler: Sendable {
             return PlacedMachine(host: name, isControlPlane: controlPlaneMachines.contains(other.metadata.name ?? ""))
         }
         let request = PlacementRequest(machineName: m.metadata.name ?? "", isControlPlane: machine.isControlPlane, vcpu: m.spec.vcpu, memoryMB: m.spec.memoryMb, placed: placed)
-        return Scheduler.place(request, on: hosts.map(HostReconciler.candidate))
+        return reservations.place(request, machine: m.metadata.uid ?? "", on: hosts.map(HostReconciler.candidate))
     }
 
     /// The machine's VM on `agent`: by uid when known, else the VM in the namespace carrying the
@@ -200,6 +298,7 @@ public struct MachineReconciler: Sendable {
             case .created:
                 st.vmState = "running"
                 st.ready = true
+                st.initialization = Initialization(provisioned: true)
                 st.failureReason = nil
                 st.failureMessage = nil
                 st.conditions = upsert(st.conditions, Condition(type: Self.readyCondition, status: "True"))
@@ -234,14 +333,15 @@ public struct MachineReconciler: Sendable {
         return requeue
     }
 
-    func reconcileDelete(_ m: MicrovmMachine, hosts: [String], credentials: (String) -> AgentCredentials) async throws -> ReconcileResult {
+    func reconcileDelete(_ m: MicrovmMachine, pool: HostPool) async throws -> ReconcileResult {
         let namespace = m.metadata.namespace ?? "default"
         let known = m.spec.providerID.flatMap(ProviderID.init)
         // Where the VM may be: its providerID's host, else the host recorded before the create, else
-        // every host of the pool.
+        // every host of the pool; never a host outside the pool.
         let recorded = m.metadata.annotations?[placementAnnotation].map { [$0] }
-        for host in known.map({ [$0.host] }) ?? recorded ?? hosts {
-            let agent = try agents.client(endpoint: host, credentials: credentials(host))
+        for host in known.map({ [$0.host] }) ?? recorded ?? pool.endpoints {
+            guard let credentials = pool.credentials(host) else { return try await hostOutsidePool(m, host, deleting: true) }
+            let agent = try agents.client(endpoint: host, credentials: credentials)
             let vm: AgentClient.MicroVM?
             do { vm = try await findVM(agent, machine: m, namespace: namespace, uid: known?.uid) } catch let e as RPCError where e.code == .unavailable {
                 try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Warning", reason: "MicrovmDeleteFailed", message: "host \(host) unreachable: \(e.message)")) }
@@ -255,8 +355,21 @@ public struct MachineReconciler: Sendable {
         return try await finishDelete(m)
     }
 
+    /// Deleting a machine whose cluster objects are gone, so that the hosts and credentials its VM
+    /// needs are not known: a machine whose VM was never placed just lets go; otherwise it says why it
+    /// cannot delete and waits (the finalizer is never dropped while a VM may be left behind).
+    func deleteWithoutCluster(_ m: MicrovmMachine, why: String) async throws -> ReconcileResult {
+        let host = m.spec.providerID.flatMap(ProviderID.init)?.host ?? m.metadata.annotations?[placementAnnotation]
+        guard let host else { return try await finishDelete(m) }
+        let message = "cannot delete the microVM on host \(host): \(why), and with it the cluster's placement and credentials; restore it, or delete the VM by hand and then remove the finalizer \(InfrastructureGroup.machineFinalizer)"
+        logger.warning("cannot delete microVM", metadata: ["microvmmachine": "\(m.metadata.namespace ?? "")/\(m.metadata.name ?? "")", "reason": "\(why)"])
+        try await setStatus(m) { $0.conditions = upsert($0.conditions, Condition(type: Self.readyCondition, status: "False", severity: "Error", reason: "MicrovmDeleteFailed", message: message)) }
+        return .requeue(after: .seconds(60))
+    }
+
     /// The VM is gone (or never existed): drop the finalizer.
     func finishDelete(_ m: MicrovmMachine) async throws -> ReconcileResult {
+        reservations.release(machine: m.metadata.uid ?? "")
         guard (m.metadata.finalizers ?? []).contains(InfrastructureGroup.machineFinalizer) else { return .done }
         do {
             try await kube.updateFinalizers(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace) { current in
@@ -279,10 +392,14 @@ public struct MachineReconciler: Sendable {
         return .done
     }
 
-    func setStatus(_ m: MicrovmMachine, _ change: @escaping (inout MicrovmMachine.Status) -> Void) async throws {
+    /// Changes the status; then `Ready` mirrors `MicrovmReady` (Cluster API's v1beta2 contract reads
+    /// `Ready`), `Paused` says whether the machine is paused, and every condition carries the
+    /// generation it was set for.
+    func setStatus(_ m: MicrovmMachine, paused: Bool = false, _ change: @escaping (inout MicrovmMachine.Status) -> Void) async throws {
         try await kube.update(MicrovmMachine.self, name: m.metadata.name ?? "", namespace: m.metadata.namespace, status: true) { o in
             var st = o.status ?? MicrovmMachine.Status()
             change(&st)
+            st.conditions = summarized(st.conditions, from: Self.readyCondition, paused: paused, generation: o.metadata.generation)
             o.status = st
         }
     }
@@ -310,6 +427,21 @@ public struct MachineReconciler: Sendable {
     }
 }
 
+/// `conditions` with `Ready` copied from the condition `source` (when there is one), `Paused` True or
+/// False (reason `Paused` or `NotPaused`), and each condition's `observedGeneration` set.
+func summarized(_ conditions: [Condition]?, from source: String?, paused: Bool, generation: Int64?) -> [Condition] {
+    var list = conditions ?? []
+    if let source, let c = list.first(where: { $0.type == source }) {
+        list = upsert(list, Condition(type: "Ready", status: c.status, severity: c.severity, reason: c.reason ?? (c.status == "True" ? "Ready" : nil), message: c.message))
+    }
+    list = upsert(list, Condition(type: "Paused", status: paused ? "True" : "False", reason: paused ? "Paused" : "NotPaused"))
+    return list.map { c in
+        var c = c
+        c.observedGeneration = generation
+        return c
+    }
+}
+
 /// Sets a condition by type, stamping the transition time when its status changes.
 func upsert(_ conditions: [Condition]?, _ c: Condition) -> [Condition] {
     var list = conditions ?? []
@@ -324,8 +456,4 @@ func upsert(_ conditions: [Condition]?, _ c: Condition) -> [Condition] {
     return list
 }
 
-func timestamp() -> String {
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime]
-    return f.string(from: Date())
-}
+func timestamp() -> String { KubernetesTime.time(Date()) }

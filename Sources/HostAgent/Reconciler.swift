@@ -1,5 +1,6 @@
 import CloudInit
 import Foundation
+import ReconcileQueue
 import HostSystem
 import Logging
 import MicroVMCore
@@ -61,11 +62,7 @@ public final class Reconciler: Sendable {
     }
 
     func enqueue(_ uid: String, after delay: Duration) {
-        Task {
-            try? await Task.sleep(for: delay)
-            guard !stopping.load(ordering: .relaxed) else { return }
-            await queue.add(uid)
-        }
+        Task { await queue.add(uid, after: delay) }
     }
 
     /// Enqueues every VM that may need work (FAILED VMs stay as they are until deleted).
@@ -88,18 +85,13 @@ public final class Reconciler: Sendable {
         }
         await withTaskCancellationHandler {
             await withTaskGroup(of: Void.self) { group in
-                var running = 0
-                for await uid in queue.stream {
-                    if running >= settings.workers {
-                        await group.next()
-                        running -= 1
-                    }
-                    guard await queue.begin(uid) else { continue }
-                    running += 1
+                for _ in 0..<max(1, settings.workers) {
                     group.addTask {
-                        await self.reconcile(uid)
-                        await self.queue.finish(uid)
-                        if await self.queue.isIdle { HostMemory.trim() }
+                        while let uid = await self.queue.next() {
+                            await self.reconcile(uid)
+                            await self.queue.done(uid)
+                            if await self.queue.isIdle { HostMemory.trim() }
+                        }
                     }
                 }
             }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 /// A typed Kubernetes API client on async-http-client: get, list (label selectors), watch (from a
 /// resourceVersion, with bookmarks), create, merge patch (also of the status subresource), delete.
@@ -16,6 +17,8 @@ public final class KubernetesClient: Sendable {
     let logger: Logger
     /// 429 retries before the error is returned.
     let maxThrottleRetries = 5
+    /// API group -> the version to use instead of the one a type names (see `useVersion`).
+    let versions = Mutex<[String: String]>([:])
 
     public init(connection: KubernetesConnection, logger: Logger) throws {
         self.connection = connection
@@ -38,6 +41,39 @@ public final class KubernetesClient: Sendable {
     }
 
     public func shutdown() async throws { try await http.shutdown() }
+
+    // MARK: Versions
+
+    /// Talks to `group` in `version` from now on, whatever version its Swift types name: for kinds
+    /// served in several versions whose fields the types read in either shape (Cluster API's
+    /// v1beta1 and v1beta2).
+    public func useVersion(_ version: String, forGroup group: String) {
+        versions.withLock { $0[group] = version }
+    }
+
+    /// Where `T` lives for this client.
+    public func resource<T: KubernetesObject>(_ type: T.Type) -> ResourceType {
+        var r = T.resource
+        if let v = versions.withLock({ $0[r.group] }) { r.version = v }
+        return r
+    }
+
+    /// The versions the API server serves for `group` (discovery, `/apis/<group>`), the preferred
+    /// one first; empty when the group is not served.
+    public func servedVersions(group: String) async throws -> [String] {
+        struct APIGroup: Decodable {
+            struct Version: Decodable { var version: String }
+            var versions: [Version]
+            var preferredVersion: Version?
+        }
+        do {
+            let g = try Self.decoder.decode(APIGroup.self, from: try await send(try request(.GET, "/apis/\(group)")))
+            let preferred = g.preferredVersion.map { [$0.version] } ?? []
+            return preferred + g.versions.map(\.version).filter { !preferred.contains($0) }
+        } catch let e as KubernetesAPIError where e.isNotFound {
+            return []
+        }
+    }
 
     // MARK: Requests
 
@@ -103,33 +139,33 @@ public final class KubernetesClient: Sendable {
     // MARK: Typed operations
 
     public func get<T: KubernetesObject>(_ type: T.Type, name: String, namespace: String?) async throws -> T {
-        try Self.decoder.decode(T.self, from: try await send(try request(.GET, T.resource.path(namespace: namespace, name: name))))
+        try Self.decoder.decode(T.self, from: try await send(try request(.GET, resource(T.self).path(namespace: namespace, name: name))))
     }
 
     /// Lists objects (`namespace` nil: all namespaces) matching an equality label selector ("a=b,c=d").
     public func list<T: KubernetesObject>(_ type: T.Type, namespace: String?, labelSelector: String? = nil) async throws -> ObjectList<T> {
         var q: [(String, String)] = []
         if let labelSelector, !labelSelector.isEmpty { q.append(("labelSelector", labelSelector)) }
-        return try Self.decoder.decode(ObjectList<T>.self, from: try await send(try request(.GET, T.resource.path(namespace: namespace), query: q)))
+        return try Self.decoder.decode(ObjectList<T>.self, from: try await send(try request(.GET, resource(T.self).path(namespace: namespace), query: q)))
     }
 
     public func create<T: KubernetesObject>(_ object: T) async throws -> T {
         var o = object
-        o.apiVersion = T.resource.apiVersion
+        o.apiVersion = resource(T.self).apiVersion
         o.kind = T.resource.kind
         let body = try Self.encoder.encode(o)
-        return try Self.decoder.decode(T.self, from: try await send(try request(.POST, T.resource.path(namespace: o.metadata.namespace), body: body)))
+        return try Self.decoder.decode(T.self, from: try await send(try request(.POST, resource(T.self).path(namespace: o.metadata.namespace), body: body)))
     }
 
     /// A JSON merge patch (RFC 7386) of the object, or of its status subresource.
     public func mergePatch<T: KubernetesObject>(_ type: T.Type, name: String, namespace: String?, patch: Data, status: Bool = false) async throws -> T {
-        let r = try request(.PATCH, T.resource.path(namespace: namespace, name: name, subresource: status ? "status" : nil), body: patch, contentType: "application/merge-patch+json")
+        let r = try request(.PATCH, resource(T.self).path(namespace: namespace, name: name, subresource: status ? "status" : nil), body: patch, contentType: "application/merge-patch+json")
         return try Self.decoder.decode(T.self, from: try await send(r))
     }
 
     /// Replaces the object (or its status) as read, so a concurrent change fails with 409 Conflict.
     public func replace<T: KubernetesObject>(_ object: T, status: Bool = false) async throws -> T {
-        let r = try request(.PUT, T.resource.path(namespace: object.metadata.namespace, name: object.metadata.name, subresource: status ? "status" : nil),
+        let r = try request(.PUT, resource(T.self).path(namespace: object.metadata.namespace, name: object.metadata.name, subresource: status ? "status" : nil),
                             body: try Self.encoder.encode(object))
         return try Self.decoder.decode(T.self, from: try await send(r))
     }
@@ -171,7 +207,7 @@ public final class KubernetesClient: Sendable {
 
     /// Deletes an object; with finalizers it stays, with a deletionTimestamp, until they are removed.
     public func delete<T: KubernetesObject>(_ type: T.Type, name: String, namespace: String?) async throws {
-        _ = try await send(try request(.DELETE, T.resource.path(namespace: namespace, name: name)))
+        _ = try await send(try request(.DELETE, resource(T.self).path(namespace: namespace, name: name)))
     }
 
     /// Watches changes after `resourceVersion` (from a list). The stream ends when the server closes
@@ -183,7 +219,7 @@ public final class KubernetesClient: Sendable {
                 do {
                     var q: [(String, String)] = [("watch", "1"), ("resourceVersion", resourceVersion), ("allowWatchBookmarks", "true"), ("timeoutSeconds", String(timeoutSeconds))]
                     if let labelSelector, !labelSelector.isEmpty { q.append(("labelSelector", labelSelector)) }
-                    let resp = try await http.execute(try request(.GET, T.resource.path(namespace: namespace), query: q), timeout: .seconds(Int64(timeoutSeconds) + 30))
+                    let resp = try await http.execute(try request(.GET, resource(T.self).path(namespace: namespace), query: q), timeout: .seconds(Int64(timeoutSeconds) + 30))
                     guard resp.status.code == 200 else {
                         throw Self.apiError(status: Int(resp.status.code), body: Data(buffer: try await resp.body.collect(upTo: 1 << 20)))
                     }

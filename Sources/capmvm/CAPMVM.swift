@@ -1,4 +1,5 @@
 import ArgumentParser
+import CAPMVMAPI
 import CAPMVMController
 import Foundation
 import KubernetesClient
@@ -17,6 +18,13 @@ struct CAPMVM: AsyncParsableCommand {
 
             Connects to the API server with --kubeconfig (or $KUBECONFIG, ~/.kube/config), else in-cluster.
             Serves /healthz and /readyz on --health-addr and Prometheus metrics on --metrics-bind-addr at /metrics.
+            Ready means able to work: with --leader-elect, that the API server answered the lease election
+            within the lease duration (a standby replica is ready, so rolling updates complete); without it,
+            that every watched kind has been listed.
+
+            Serves Cluster API's v1beta2 contract (Cluster API 1.11 and later) when the management cluster's
+            cluster.x-k8s.io group serves v1beta2, else the v1beta1 contract CAPMVM implements (--contract
+            overrides the choice).
             """)
 
     @Option(help: "kubeconfig file. (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster service account)") var kubeconfig: String?
@@ -31,9 +39,17 @@ struct CAPMVM: AsyncParsableCommand {
     @Option(name: .customLong("microvm-concurrency"), help: "MicrovmMachines reconciled at the same time.") var microvmConcurrency = 10
     @Option(name: .customLong("microvm-cluster-concurrency"), help: "MicrovmClusters reconciled at the same time.") var microvmClusterConcurrency = 10
     @Option(name: .customLong("host-probe-interval"), help: "Seconds between capacity and health probes of each MicrovmHost's agent.") var hostProbeInterval = 30
+    @Option(name: .customLong("leader-elect-lease-duration"), help: "Seconds a standby waits before taking over a lease that is not renewed.") var leaseDuration = 15
+    @Option(name: .customLong("leader-elect-renew-deadline"), help: "Seconds the leader keeps trying to renew before it gives up leading (and exits).") var renewDeadline = 10
+    @Option(name: .customLong("leader-elect-retry-period"), help: "Seconds between lease attempts.") var retryPeriod = 2
+    @Option(help: "Cluster API contract to serve: v1beta1 or v1beta2. (default: the management cluster's)") var contract: String?
     @Flag(help: "Log at debug level.") var debug = false
 
     func validate() throws {
+        guard retryPeriod > 0, renewDeadline > retryPeriod, leaseDuration > renewDeadline else {
+            throw ValidationError("leader election wants 0 < --leader-elect-retry-period < --leader-elect-renew-deadline < --leader-elect-lease-duration")
+        }
+        if let contract, ClusterAPIContract(rawValue: contract) == nil { throw ValidationError("--contract is v1beta1 or v1beta2, not \(contract)") }
         guard syncPeriod > 0, hostProbeInterval > 0 else { throw ValidationError("--sync-period and --host-probe-interval must be positive") }
         guard (1...1000).contains(microvmConcurrency), (1...1000).contains(microvmClusterConcurrency) else {
             throw ValidationError("--microvm-concurrency and --microvm-cluster-concurrency must be 1-1000")
@@ -69,12 +85,25 @@ struct CAPMVM: AsyncParsableCommand {
         settings.machineConcurrency = microvmConcurrency
         settings.clusterConcurrency = microvmClusterConcurrency
         settings.hostProbeInterval = .seconds(hostProbeInterval)
+        settings.contract = contract.flatMap(ClusterAPIContract.init(rawValue:))
         let manager = ControllerManager(kube: kube, agents: agents, settings: settings, logger: logger)
+        let identity = "\(ProcessInfo.processInfo.hostName)_\(UUID().uuidString.prefix(8))"
+        var elector = LeaderElector(client: kube, namespace: leaderElectionNamespace, name: "capmvm-leader-election", identity: identity, logger: logger)
+        elector.leaseDuration = .seconds(leaseDuration)
+        elector.renewDeadline = .seconds(renewDeadline)
+        elector.retryPeriod = .seconds(retryPeriod)
+        let election = elector.status
+        let leaderElect = self.leaderElect
+        let leaseWindow = Duration.seconds(leaseDuration)
 
         let health = try await HTTPEndpoints.start(address: healthAddr) { path in
             switch path {
             case "/healthz": return (200, "text/plain", Array("ok\n".utf8))
-            case "/readyz": return manager.isSynced ? (200, "text/plain", Array("ok\n".utf8)) : (503, "text/plain", Array("caches not synced\n".utf8))
+            case "/readyz":
+                if leaderElect {
+                    return election.answered(within: leaseWindow) ? (200, "text/plain", Array("ok\n".utf8)) : (503, "text/plain", Array("no answer from the API server to the lease election\n".utf8))
+                }
+                return manager.isSynced ? (200, "text/plain", Array("ok\n".utf8)) : (503, "text/plain", Array("caches not synced\n".utf8))
             default: return (404, "text/plain", Array("not found\n".utf8))
             }
         }
@@ -88,8 +117,6 @@ struct CAPMVM: AsyncParsableCommand {
 
         let work = Task {
             if leaderElect {
-                let identity = "\(ProcessInfo.processInfo.hostName)_\(UUID().uuidString.prefix(8))"
-                let elector = LeaderElector(client: kube, namespace: leaderElectionNamespace, name: "capmvm-leader-election", identity: identity, logger: logger)
                 try await elector.whileLeading { await manager.run() }
             } else {
                 await manager.run()

@@ -56,7 +56,7 @@ struct CAPMVMAPITests {
             status: {ready: true, failureDomains: {"192.168.1.10:9090": {controlPlane: true}}}
             """))
         #expect(c.spec.placement.staticPool?.hosts.map(\.endpoint) == ["192.168.1.10:9090", "192.168.1.11:9090"])
-        #expect(c.spec.placement.staticPool?.basicAuthSecret == "mvm-auth" && c.status?.failureDomains?["192.168.1.10:9090"]?.controlPlane == true)
+        #expect(c.spec.placement.staticPool?.basicAuthSecret == "mvm-auth" && c.status?.failureDomains?.byName["192.168.1.10:9090"]?.controlPlane == true)
         let d = try JSONDecoder().decode(MicrovmCluster.self, from: try json("""
             metadata: {name: mvm2}
             spec: {placement: {dynamicPool: {hostSelector: {site: edge-1}}}}
@@ -115,6 +115,7 @@ struct CRDManifestTests {
     func missing(_ value: Any, _ schema: [String: Any], path: String = "") -> [String] {
         if let object = value as? [String: Any] {
             if path.hasSuffix(".metadata") || path == "metadata" { return [] }  // ObjectMeta is the API server's
+            if schema["x-kubernetes-preserve-unknown-fields"] as? Bool == true && schema["properties"] == nil { return [] }
             if let props = schema["properties"] as? [String: Any] {
                 return object.flatMap { k, v -> [String] in
                     guard let s = props[k] as? [String: Any] else { return ["\(path).\(k)"] }
@@ -126,6 +127,7 @@ struct CRDManifestTests {
             }
             return schema["type"] as? String == "object" ? [] : ["\(path) (not an object in the schema)"]
         }
+        if value is [Any], schema["x-kubernetes-preserve-unknown-fields"] as? Bool == true && schema["type"] == nil { return [] }
         if let array = value as? [Any], let items = schema["items"] as? [String: Any] {
             return array.flatMap { missing($0, items, path: "\(path)[]") }
         }
@@ -152,19 +154,23 @@ struct CRDManifestTests {
         var machine = MicrovmMachine(metadata: ObjectMeta(name: "m"), spec: Self.fullMachineSpec)
         var st = MicrovmMachine.Status()
         st.ready = true; st.vmState = "running"; st.addresses = [MachineAddress(type: "InternalIP", address: "10.0.0.2")]
-        st.failureReason = "r"; st.failureMessage = "m"; st.conditions = [Condition(type: "MicrovmReady", status: "True", severity: "Info", reason: "x", message: "y", lastTransitionTime: "2026-01-01T00:00:00Z")]
+        st.failureReason = "r"; st.failureMessage = "m"; st.conditions = [Condition(type: "MicrovmReady", status: "True", severity: "Info", reason: "x", message: "y", lastTransitionTime: "2026-01-01T00:00:00Z", observedGeneration: 1)]
+        st.initialization = Initialization(provisioned: true)
         machine.status = st
         let cluster = MicrovmCluster(metadata: ObjectMeta(name: "c"), spec: .init(
             controlPlaneEndpoint: APIEndpoint(host: "h", port: 6443), sshPublicKeys: [SSHPublicKey(user: "root", authorizedKeys: ["k"])],
             placement: .init(staticPool: .init(hosts: [.init(name: "h1", endpoint: "h:9090", controlplaneAllowed: true)], basicAuthSecret: "s"), dynamicPool: .init(hostSelector: ["a": "b"])),
-            tlsSecretRef: "t"), status: .init(ready: true, conditions: [Condition(type: "Ready", status: "True")], failureDomains: ["h:9090": .init(controlPlane: true, attributes: ["a": "b"])]))
+            tlsSecretRef: "t"), status: .init(ready: true, conditions: [Condition(type: "Ready", status: "True")], failureDomains: .map(["h:9090": .init(controlPlane: true, attributes: ["a": "b"])])))
         var hostStatus = MicrovmHost.Status()
         hostStatus.reachable = true; hostStatus.agentVersion = "0.2.0"; hostStatus.vcpus = 2; hostStatus.memoryMb = 1; hostStatus.microvms = 1
         hostStatus.allocatedVcpus = 1; hostStatus.allocatedMemoryMb = 1; hostStatus.freeVcpus = 1; hostStatus.freeMemoryMb = 1; hostStatus.lastProbeTime = "2026-01-01T00:00:00Z"
         hostStatus.conditions = [Condition(type: "Reachable", status: "True")]
         let host = MicrovmHost(metadata: ObjectMeta(name: "h"), spec: .init(endpoint: "h:9090", failureDomain: "rack-a", controlplaneAllowed: false, credentialsRef: LocalObjectReference(name: "s")), status: hostStatus)
         let template = MicrovmMachineTemplate(metadata: ObjectMeta(name: "t"), spec: .init(template: .init(metadata: ObjectMeta(name: "x"), spec: Self.fullMachineSpec)))
-        for (plural, value) in [("microvmmachines", try encoded(machine)), ("microvmclusters", try encoded(cluster)), ("microvmhosts", try encoded(host)),
+        var cluster2 = cluster
+        cluster2.status?.failureDomains = .list([.init(name: "h:9090", controlPlane: true, attributes: ["a": "b"])])
+        cluster2.status?.initialization = Initialization(provisioned: true)
+        for (plural, value) in [("microvmmachines", try encoded(machine)), ("microvmclusters", try encoded(cluster)), ("microvmclusters", try encoded(cluster2)), ("microvmhosts", try encoded(host)),
                                 ("microvmmachinetemplates", try encoded(template))] {
             let gaps = missing(value, try schema(try crd(plural)))
             #expect(gaps.isEmpty, "\(plural): \(gaps)")
@@ -187,7 +193,8 @@ struct CRDManifestTests {
             let version = try #require((spec["versions"] as? [[String: Any]])?.first)
             #expect(version["name"] as? String == "v1alpha1" && version["storage"] as? Bool == true)
             #expect((version["subresources"] != nil) == status, "\(plural) status subresource")
-            #expect(((c["metadata"] as? [String: Any])?["labels"] as? [String: String])?["cluster.x-k8s.io/v1beta1"] == "v1alpha1", "clusterctl's contract label")
+            let labels = (c["metadata"] as? [String: Any])?["labels"] as? [String: String]
+            #expect(labels?["cluster.x-k8s.io/v1beta1"] == "v1alpha1" && labels?["cluster.x-k8s.io/v1beta2"] == "v1alpha1", "the contract labels: both contracts, served by v1alpha1")
         }
         let m = try schema(try crd("microvmmachines"))
         let mspec = try #require((m["properties"] as? [String: Any])?["spec"] as? [String: Any])

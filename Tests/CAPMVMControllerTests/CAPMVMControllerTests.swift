@@ -12,26 +12,6 @@ import Yams
 
 @Suite("capmvm controller pieces")
 struct CAPMVMControllerTests {
-    @Test("the work queue: a key once in the queue, never twice at once, run again when added while running")
-    func workQueue() async {
-        let q = WorkQueue()
-        await q.add("a")
-        await q.add("a")
-        await q.add("b")
-        #expect(await q.depth == 2)
-        let first = await q.next()
-        #expect(first == "a")
-        await q.add("a")  // while a runs
-        #expect(await q.next() == "b")
-        #expect(await q.depth == 0, "a waits until its run is done")
-        await q.done("a")
-        #expect(await q.next() == "a")
-        await q.done("a")
-        await q.done("b")
-        await q.close()
-        #expect(await q.next() == nil)
-    }
-
     @Test("vendor-data: hostname, users with keys (the machine's win), sudo for non-root users, final message")
     func vendorData() throws {
         let text = try MicrovmRequest.vendorData(hostname: "cp-0",

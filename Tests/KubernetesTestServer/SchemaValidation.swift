@@ -1,11 +1,17 @@
 import Foundation
+import KubernetesClient
+import Synchronization
 import Yams
 
 /// Validation of objects against CustomResourceDefinition schemas (OpenAPI v3, structural), as the
 /// API server does on create and update: types (with `x-kubernetes-int-or-string`), required
 /// fields, unknown fields (refused, as with `kubectl --validate=strict`; kept under
 /// `x-kubernetes-preserve-unknown-fields`), enums, string patterns and lengths, numeric bounds, list
-/// sizes. Not evaluated: CEL rules (`x-kubernetes-validations`), formats, defaults.
+/// sizes, the `date-time` format, and the CEL rules (`x-kubernetes-validations`) our CRDs use:
+/// the transition rule `self == oldSelf` (checked on updates where the old object has the field, as
+/// the API server does) and `has(self.a) != has(self.b)`. One of our CRDs with any other rule is
+/// refused when it is loaded, so a new rule cannot go untested; other CRDs' rules (Cluster API's) are
+/// not evaluated. Not applied: defaults, other formats.
 public struct SchemaValidator: Sendable {
     /// One CRD version's schema, by "group/version" and kind.
     public struct Entry: @unchecked Sendable {  // JSON values, read only
@@ -14,31 +20,37 @@ public struct SchemaValidator: Sendable {
         public var kind: String
         public var plural: String
         public var schema: [String: Any]
+        /// Whether the CRD serves a `status` subresource (then only it changes status).
+        public var hasStatusSubresource: Bool = true
     }
 
     public private(set) var entries: [Entry] = []
+    /// API groups whose kinds are stored without validation (Cluster API's, when its CRDs are not at hand).
+    public var unvalidatedGroups: Set<String> = []
 
     public init() {}
 
-    /// Loads every served version of the CRDs in `files` (YAML, several documents allowed).
-    public init(crdFiles files: [String]) throws {
+    /// Loads every served version of the CRDs in `files` (YAML, several documents allowed). With
+    /// `refusingUnknownRules` (the project's own CRDs), a CEL rule the validator cannot evaluate is an
+    /// error; otherwise (others' CRDs, such as Cluster API's) such rules are not evaluated.
+    public init(crdFiles files: [String], refusingUnknownRules: Bool = true) throws {
         for file in files {
             let text = try String(contentsOfFile: file, encoding: .utf8)
             for case let crd as [String: Any] in try Yams.load_all(yaml: text) where crd["kind"] as? String == "CustomResourceDefinition" {
-                try add(crd: crd)
+                try add(crd: crd, refusingUnknownRules: refusingUnknownRules)
             }
         }
     }
 
-    /// The CRD files of a directory (`*.yaml`).
-    public init(crdDirectories directories: [String]) throws {
+    /// The CRD files of directories (`*.yaml`).
+    public init(crdDirectories directories: [String], refusingUnknownRules: Bool = true) throws {
         let files = try directories.flatMap { dir in
             try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".yaml") }.sorted().map { "\(dir)/\($0)" }
         }
-        try self.init(crdFiles: files)
+        try self.init(crdFiles: files, refusingUnknownRules: refusingUnknownRules)
     }
 
-    public mutating func add(crd: [String: Any]) throws {
+    public mutating func add(crd: [String: Any], refusingUnknownRules: Bool = true) throws {
         guard let spec = crd["spec"] as? [String: Any], let group = spec["group"] as? String,
               let names = spec["names"] as? [String: Any], let kind = names["kind"] as? String, let plural = names["plural"] as? String,
               let versions = spec["versions"] as? [[String: Any]] else {
@@ -46,7 +58,11 @@ public struct SchemaValidator: Sendable {
         }
         for v in versions where v["served"] as? Bool != false {
             guard let name = v["name"] as? String, let schema = (v["schema"] as? [String: Any])?["openAPIV3Schema"] as? [String: Any] else { continue }
-            entries.append(Entry(group: group, version: name, kind: kind, plural: plural, schema: schema))
+            if refusingUnknownRules, let rule = Self.unsupportedRules(schema).first {
+                throw SchemaError(path: "\(kind) \(name)", message: "CEL rule \(rule) is not one the test API server can evaluate: add it to SchemaValidator.celRule")
+            }
+            let subresources = v["subresources"] as? [String: Any] ?? [:]
+            entries.append(Entry(group: group, version: name, kind: kind, plural: plural, schema: schema, hasStatusSubresource: subresources["status"] != nil))
         }
     }
 
@@ -60,17 +76,22 @@ public struct SchemaValidator: Sendable {
         entries.first { "\($0.group)/\($0.version)/\($0.plural)" == collection }
     }
 
-    /// Problems of `object` against the schema of its apiVersion and kind; a kind without a schema is one.
+    /// Problems of `object` against the schema of its apiVersion and kind; a kind without a schema is
+    /// one, unless its group is one of `unvalidatedGroups`.
     public func validate(_ object: [String: Any]) -> [SchemaError] {
         let apiVersion = object["apiVersion"] as? String ?? "", kind = object["kind"] as? String ?? ""
         guard let e = entry(apiVersion: apiVersion, kind: kind) else {
+            let group = apiVersion.split(separator: "/").dropLast().joined(separator: "/")
+            if unvalidatedGroups.contains(group) { return [] }
             return [SchemaError(path: "", message: "no schema for \(apiVersion) \(kind)")]
         }
         return Self.validate(object, e.schema, root: true)
     }
 
-    /// Problems of `value` against `schema`, each with its JSON path.
-    public static func validate(_ value: Any, _ schema: [String: Any], path: String = "", root: Bool = false) -> [SchemaError] {
+    /// Problems of `value` against `schema`, each with its JSON path. `old` is the value at the same
+    /// place in the object being replaced (nil on create, or where the old object has none): transition
+    /// rules are checked only where it is given.
+    public static func validate(_ value: Any, _ schema: [String: Any], path: String = "", root: Bool = false, old: Any? = nil) -> [SchemaError] {
         func error(_ m: String) -> [SchemaError] { [SchemaError(path: path.isEmpty ? "<root>" : path, message: m)] }
         if value is NSNull { return schema["nullable"] as? Bool == true ? [] : error("null is not allowed") }
         if schema["x-kubernetes-int-or-string"] as? Bool == true {
@@ -90,9 +111,9 @@ public struct SchemaValidator: Sendable {
                 if embedded, ["apiVersion", "kind", "metadata"].contains(k) {
                     continue  // ObjectMeta and the type fields are validated by the API server itself
                 } else if let s = props[k] as? [String: Any] {
-                    problems += validate(v, s, path: join(path, k))
+                    problems += validate(v, s, path: join(path, k), old: (old as? [String: Any])?[k])
                 } else if let extra = schema["additionalProperties"] as? [String: Any] {
-                    problems += validate(v, extra, path: "\(path)[\(k)]")
+                    problems += validate(v, extra, path: "\(path)[\(k)]", old: (old as? [String: Any])?[k])
                 } else if !preserve && schema["additionalProperties"] as? Bool != true {
                     problems += [SchemaError(path: join(path, k), message: "unknown field")]
                 }
@@ -113,6 +134,9 @@ public struct SchemaValidator: Sendable {
             if let pattern = schema["pattern"] as? String, s.range(of: pattern, options: .regularExpression) == nil {
                 problems += error("\"\(s)\" does not match \(pattern)")
             }
+            if schema["format"] as? String == "date-time", KubernetesTime.parseTime(s) == nil {
+                problems += error("Invalid value: \"\(s)\": must be an RFC 3339 date-time")
+            }
         case "integer":
             guard isInteger(value) else { return error("must be an integer, not \(describe(value))") }
         case "number":
@@ -129,7 +153,55 @@ public struct SchemaValidator: Sendable {
             if let min = schema["minimum"].flatMap(double), n < min { problems += error("must be greater than or equal to \(min)") }
             if let max = schema["maximum"].flatMap(double), n > max { problems += error("must be less than or equal to \(max)") }
         }
+        for rule in schema["x-kubernetes-validations"] as? [[String: Any]] ?? [] {
+            guard let text = rule["rule"] as? String, celRule(text, value, old: old) == false else { continue }
+            let message = rule["message"] as? String ?? "failed rule: \(text)"
+            problems += error("Invalid value: \"\(schema["type"] as? String ?? "object")\": \(message)")
+        }
         return problems
+    }
+
+    /// The CEL rules the test server evaluates: true or false, nil when the rule does not apply (a
+    /// transition rule on a create, or where the old object lacks the field) or is unknown.
+    static func celRule(_ rule: String, _ value: Any, old: Any?) -> Bool? {
+        let r = rule.trimmingCharacters(in: .whitespaces)
+        if r == "self == oldSelf" {
+            guard let old else { return nil }
+            return equal(value, old)
+        }
+        if let (a, b) = hasInequality(r) {
+            let o = value as? [String: Any] ?? [:]
+            return (o[a] != nil) != (o[b] != nil)
+        }
+        return nil
+    }
+
+    /// `has(self.a) != has(self.b)` → (a, b).
+    static func hasInequality(_ r: String) -> (String, String)? {
+        let parts = r.components(separatedBy: "!=").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count == 2 else { return nil }
+        func field(_ p: String) -> String? {
+            guard p.hasPrefix("has(self."), p.hasSuffix(")") else { return nil }
+            let f = String(p.dropFirst("has(self.".count).dropLast())
+            return f.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } && !f.isEmpty ? f : nil
+        }
+        guard let a = field(parts[0]), let b = field(parts[1]) else { return nil }
+        return (a, b)
+    }
+
+    /// Every rule in `schema` that `celRule` cannot evaluate.
+    static func unsupportedRules(_ schema: Any) -> [String] {
+        var out: [String] = []
+        if let o = schema as? [String: Any] {
+            for rule in o["x-kubernetes-validations"] as? [[String: Any]] ?? [] {
+                let text = rule["rule"] as? String ?? ""
+                if text.trimmingCharacters(in: .whitespaces) != "self == oldSelf" && hasInequality(text) == nil { out.append(text) }
+            }
+            for (k, v) in o where k != "x-kubernetes-validations" { out += unsupportedRules(v) }
+        } else if let a = schema as? [Any] {
+            for v in a { out += unsupportedRules(v) }
+        }
+        return out
     }
 
     static func join(_ path: String, _ k: String) -> String { path.isEmpty ? k : "\(path).\(k)" }
@@ -173,18 +245,41 @@ extension SchemaValidator {
     /// The repository's root (this file is Tests/KubernetesTestServer/SchemaValidation.swift).
     public static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
-    /// Cluster API v1.10.5's CRDs (data beside the project: ../shared/capi-crds/v1.10.5, or the
-    /// directory $LM_CAPI_CRDS names).
-    public static func clusterAPIDirectory() throws -> String {
-        let candidates = [ProcessInfo.processInfo.environment["LM_CAPI_CRDS"], "\(repositoryRoot)/../shared/capi-crds/v1.10.5"].compactMap { $0 }
-        guard let dir = candidates.first(where: { FileManager.default.fileExists(atPath: "\($0)/cluster.x-k8s.io_clusters.yaml") }) else {
-            throw SchemaError(path: "", message: "Cluster API's CRDs not found in \(candidates.joined(separator: " or ")); set LM_CAPI_CRDS to their directory")
+    /// Cluster API's CRDs (v1.10.5's are the reference data): the directory `$LM_CAPI_CRDS` names,
+    /// or nil when it is not set. The repository never reads anything outside itself on its own.
+    public static func clusterAPIDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
+        guard let dir = environment["LM_CAPI_CRDS"], !dir.isEmpty else { return nil }
+        guard FileManager.default.fileExists(atPath: "\(dir)/cluster.x-k8s.io_clusters.yaml") else {
+            throw SchemaError(path: "", message: "LM_CAPI_CRDS=\(dir) holds no cluster.x-k8s.io_clusters.yaml: point it at a directory of Cluster API's CRDs")
         }
         return URL(fileURLWithPath: dir).standardizedFileURL.path
     }
 
-    /// The schemas of the project's CRDs (config/crd/bases) and Cluster API's.
+    /// Cluster API's API groups.
+    public static let clusterAPIGroups: Set = ["cluster.x-k8s.io", "bootstrap.cluster.x-k8s.io", "controlplane.cluster.x-k8s.io",
+                                               "addons.cluster.x-k8s.io", "ipam.cluster.x-k8s.io", "runtime.cluster.x-k8s.io"]
+
+    /// Whether Cluster API's CRDs were found (`LM_CAPI_CRDS`), so that its kinds are validated too.
+    public var validatesClusterAPI: Bool { unvalidatedGroups.isEmpty }
+
+    /// The schemas of the project's CRDs (config/crd/bases), and Cluster API's when `LM_CAPI_CRDS`
+    /// names them; without them Cluster API's kinds are stored unvalidated, which is said once.
     public static func project() throws -> SchemaValidator {
-        try SchemaValidator(crdDirectories: ["\(repositoryRoot)/config/crd/bases", try clusterAPIDirectory()])
+        guard let capi = try clusterAPIDirectory() else {
+            var v = try SchemaValidator(crdDirectories: ["\(repositoryRoot)/config/crd/bases"])
+            v.unvalidatedGroups = clusterAPIGroups
+            warnOnce()
+            return v
+        }
+        var v = try SchemaValidator(crdDirectories: ["\(repositoryRoot)/config/crd/bases"])
+        let capiSchemas = try SchemaValidator(crdDirectories: [capi], refusingUnknownRules: false)
+        v.entries += capiSchemas.entries
+        return v
+    }
+
+    static let warned = Mutex(false)
+    static func warnOnce() {
+        guard warned.withLock({ w in defer { w = true }; return !w }) else { return }
+        FileHandle.standardError.write(Data("note: LM_CAPI_CRDS is not set: objects of Cluster API's kinds are stored without validation (set it to a directory of Cluster API's CRDs to check them too)\n".utf8))
     }
 }

@@ -1,28 +1,35 @@
 import Foundation
+import KubernetesClient
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
 
-/// An in-process stand-in for a Kubernetes API server, for controller tests (no API server can run
-/// on these machines). It keeps objects as JSON in memory and implements the REST semantics the
-/// controllers rely on, as the Kubernetes API documents them:
-/// - one resourceVersion sequence; a PUT or a patch with a stale `metadata.resourceVersion` is 409 Conflict;
+/// An in-process stand-in for a Kubernetes API server, for controller tests in CI (the real one is
+/// run by hand: scripts/e2e-cluster.sh). It keeps objects as JSON in memory and implements the REST
+/// semantics the controllers rely on, as kube-apiserver behaves:
+/// - one resourceVersion sequence; a PUT or a patch with a stale `metadata.resourceVersion` is 409
+///   Conflict; a PUT of a custom resource without one is 422 ("must be specified for an update");
 /// - create (409 AlreadyExists; `generateName`; a sent status is dropped), get, list with equality label selectors, replace,
-///   JSON merge patch (RFC 7386), the `status` subresource (status changes only there; spec changes
-///   bump `generation`), delete;
+///   JSON merge patch (RFC 7386), delete; the `status` subresource where the kind's CRD declares one
+///   (then status changes only there, and 404 for kinds whose CRD has none); spec changes bump `generation`;
 /// - finalizers: delete sets `deletionTimestamp` and keeps the object until its finalizers are gone;
-/// - owner references: removing an object deletes its dependents (background garbage collection);
+/// - owner references: an object is garbage-collected once all of its owners are gone;
 /// - watch from a resourceVersion (`ADDED`/`MODIFIED`/`DELETED`, `BOOKMARK` when asked for, every
 ///   `bookmarkInterval`), and an `ERROR` event with a 410 Status when the version is older than the
-///   retained history (`compact()` drops history, as etcd compaction does).
+///   retained history (`compact()` drops history, as etcd compaction does);
 /// - with `schemas`, objects of the kinds they cover are validated on every write as the API server
-///   validates custom resources (422 Invalid, naming each field; see `SchemaValidator`).
-/// Not implemented: set-based selectors, field selectors, strategic merge and server-side apply,
-/// admission webhooks, CEL rules and defaulting from the schemas, authentication.
+///   validates custom resources (422 Invalid, naming each field), with the CEL rules our CRDs use
+///   (see `SchemaValidator`); Leases are decoded as kube-apiserver decodes them (`acquireTime` and
+///   `renewTime` are MicroTime: exactly six fractional digits, else 400 BadRequest).
+/// Where it still differs from kube-apiserver: no set-based or field selectors, no strategic merge
+/// or server-side apply, no admission webhooks, no schema defaulting, no authentication; garbage
+/// collection runs at once instead of in the background; built-in kinds other than Lease are not
+/// validated, and a status subresource is served for kinds it has no CRD of.
 ///
 /// For tests of failures, `refuseRequests(where:)` makes matching requests fail with 503, as an API
-/// server that is briefly unavailable answers.
+/// server that is briefly unavailable answers, and `hangRequests(where:)` leaves them unanswered, as a
+/// server that hangs.
 public final class TestAPIServer: Sendable {
     public let port: Int
     public var server: String { "http://127.0.0.1:\(port)" }
@@ -30,6 +37,8 @@ public final class TestAPIServer: Sendable {
     let state: Mutex<State>
     let bookmarkInterval: Duration
     let refusal = Mutex<Refusal>(Refusal())
+    let hang = Mutex<RequestRule?>(nil)
+    let servedVersions = Mutex<[String: [String]]>([:])
     let schemas: SchemaValidator?
 
     /// Which requests to refuse: method, path and JSON body (nil when empty or not JSON).
@@ -94,6 +103,18 @@ public final class TestAPIServer: Sendable {
         refusal.withLock { $0.rule = rule }
     }
 
+    /// Leaves requests matching `rule` unanswered (their connections stay open) until called again (nil: none).
+    public func hangRequests(where rule: RequestRule?) {
+        hang.withLock { $0 = rule }
+    }
+
+    /// Whether a request is to be left unanswered.
+    func hangs(method: String, uri: String, body: Data) -> Bool {
+        guard let rule = hang.withLock({ $0 }) else { return false }
+        let json = body.isEmpty ? nil : (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+        return rule(method, URLComponents(string: uri)?.path ?? uri, json)
+    }
+
     /// How many requests were refused so far.
     public var refusedRequests: Int { refusal.withLock { $0.count } }
 
@@ -136,6 +157,8 @@ public final class TestAPIServer: Sendable {
     func handle(method: String, uri: String, body: Data) -> Response {
         let comps = URLComponents(string: uri)
         let query = Dictionary((comps?.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        let segments = (comps?.path ?? uri).split(separator: "/").map(String.init)
+        if method == "GET", segments.count == 2, segments[0] == "apis" { return discovery(group: segments[1]) }
         guard let r = Self.route(comps?.path ?? uri) else { return Self.status(404, "NotFound", "no such path \(uri)") }
         let json = body.isEmpty ? nil : (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
         let refuse = refusal.withLock { f -> Bool in
@@ -172,7 +195,7 @@ public final class TestAPIServer: Sendable {
                 meta.removeValue(forKey: "deletionTimestamp")
                 o["metadata"] = meta
                 o.removeValue(forKey: "status")  // set only through the status subresource, as with CRDs that enable it
-                if let invalid = invalid(o, r.collection, name) { s.rv -= 1; return invalid }
+                if let invalid = invalid(o, r.collection, name, old: nil) { s.rv -= 1; return invalid }
                 s.objects[r.collection, default: [:]][k] = o
                 Self.record(&s, "ADDED", r.collection, r.namespace, o)
                 return Response(status: 201, body: o)
@@ -187,6 +210,13 @@ public final class TestAPIServer: Sendable {
                 guard sent == nil || sent == have else {
                     return Self.status(409, "Conflict", "Operation cannot be fulfilled on \(r.collection) \"\(name)\": the object has been modified; please apply your changes to the latest version and try again")
                 }
+                if method == "PUT", sent == nil, Self.isCustomResource(r.collection, schemas) {
+                    return Self.status(422, "Invalid", "\(r.collection) \"\(name)\" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
+                }
+                let statusSubresource = schemas?.entry(collection: r.collection)?.hasStatusSubresource ?? true
+                if r.subresource == "status", !statusSubresource {
+                    return Self.status(404, "NotFound", "the server could not find the requested resource")
+                }
                 if method == "PUT" {
                     next = j
                 } else {
@@ -197,7 +227,7 @@ public final class TestAPIServer: Sendable {
                     var only = current
                     only["status"] = next["status"]
                     next = only
-                } else {
+                } else if statusSubresource {
                     next["status"] = current["status"]
                 }
                 var meta = next["metadata"] as? [String: Any] ?? [:]
@@ -206,7 +236,7 @@ public final class TestAPIServer: Sendable {
                 if r.subresource != "status", !Self.equal(next["spec"], current["spec"]) { meta["generation"] = (old["generation"] as? Int ?? 1) + 1 }
                 next["metadata"] = meta
                 if Self.equal(next, current) { return Response(status: 200, body: current) }
-                if let invalid = invalid(next, r.collection, name) { return invalid }
+                if let invalid = invalid(next, r.collection, name, old: current) { return invalid }
                 s.rv += 1
                 meta["resourceVersion"] = String(s.rv)
                 next["metadata"] = meta
@@ -240,12 +270,64 @@ public final class TestAPIServer: Sendable {
         }
     }
 
-    /// 422 Invalid when `object` breaks its kind's schema (kinds without one are not checked).
-    func invalid(_ object: [String: Any], _ collection: String, _ name: String) -> Response? {
+    /// Versions the server serves for a group, as `/apis/<group>` answers (an APIGroup): those of the
+    /// group's CRDs (the newest first), else `servedVersions` set for it, else v1beta1 for Cluster API's
+    /// groups (the version the Swift types name) and nothing (404) for others.
+    func discovery(group: String) -> Response {
+        var versions = servedVersions.withLock { $0[group] } ?? []
+        if versions.isEmpty, let schemas {
+            versions = Array(Set(schemas.entries.filter { $0.group == group }.map(\.version))).sorted(by: >)
+        }
+        if versions.isEmpty, SchemaValidator.clusterAPIGroups.contains(group) { versions = ["v1beta1"] }
+        guard let preferred = versions.first else { return Self.status(404, "NotFound", "the server could not find the requested resource") }
+        let list = versions.map { ["groupVersion": "\(group)/\($0)", "version": $0] }
+        return Response(status: 200, body: ["kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": list, "preferredVersion": list[0]]
+            .merging(["preferredVersion": ["groupVersion": "\(group)/\(preferred)", "version": preferred]]) { $1 })
+    }
+
+    /// Makes `/apis/<group>` answer `versions` (the preferred first), as a server with another
+    /// release of that group would.
+    public func serveVersions(_ versions: [String], forGroup group: String) {
+        servedVersions.withLock { $0[group] = versions }
+    }
+
+    /// 422 Invalid when `object` breaks its kind's schema or CEL rules (`old`: the object it
+    /// replaces); 400 when a Lease's times do not decode. Kinds without a schema are not checked.
+    func invalid(_ object: [String: Any], _ collection: String, _ name: String, old: [String: Any]?) -> Response? {
+        if collection == "coordination.k8s.io/v1/leases" { return Self.leaseDecodeError(object) }
         guard let schemas, let entry = schemas.entry(collection: collection) else { return nil }
-        let problems = SchemaValidator.validate(object, entry.schema, root: true)
+        let problems = SchemaValidator.validate(object, entry.schema, root: true, old: old)
         guard !problems.isEmpty else { return nil }
-        return Self.status(422, "Invalid", "\(entry.kind) \"\(name)\" is invalid: [\(problems.map(\.description).joined(separator: ", "))]")
+        return Self.status(422, "Invalid", "\(entry.kind).\(entry.group) \"\(name)\" is invalid: [\(problems.map(\.description).joined(separator: ", "))]")
+    }
+
+    /// A Lease decodes as kube-apiserver decodes it: `acquireTime` and `renewTime` are MicroTime
+    /// (RFC 3339 with exactly six fractional digits), the counts integers.
+    static func leaseDecodeError(_ o: [String: Any]) -> Response? {
+        let spec = o["spec"] as? [String: Any] ?? [:]
+        for field in ["acquireTime", "renewTime"] {
+            guard let v = spec[field] else { continue }
+            guard let t = v as? String, KubernetesTime.parseMicroTime(t) != nil else {
+                return status(400, "BadRequest", "Lease in version \"v1\" cannot be handled as a Lease: parsing time \"\(v)\" as \"2006-01-02T15:04:05.000000Z07:00\": spec.\(field) is not a MicroTime")
+            }
+        }
+        for field in ["leaseDurationSeconds", "leaseTransitions"] {
+            if let v = spec[field], !SchemaValidator.isInteger(v) {
+                return status(400, "BadRequest", "Lease in version \"v1\" cannot be handled as a Lease: spec.\(field): expected an integer, not \(v)")
+            }
+        }
+        if let v = spec["holderIdentity"], !(v is String) {
+            return status(400, "BadRequest", "Lease in version \"v1\" cannot be handled as a Lease: spec.holderIdentity: expected a string")
+        }
+        return nil
+    }
+
+    /// Whether a collection is served from a CustomResourceDefinition (a CRD the schemas hold, or a
+    /// group of Cluster API's or ours), whose updates need a resourceVersion.
+    static func isCustomResource(_ collection: String, _ schemas: SchemaValidator?) -> Bool {
+        if schemas?.entry(collection: collection) != nil { return true }
+        let group = collection.split(separator: "/").first.map(String.init) ?? ""
+        return group.hasSuffix("x-k8s.io")
     }
 
     /// Removes an object for good (DELETED), then its dependents by owner reference.
@@ -258,11 +340,13 @@ public final class TestAPIServer: Sendable {
         gone["metadata"] = meta
         record(&s, "DELETED", collection, namespace, gone)
         guard let uid = meta["uid"] as? String else { return }
+        let live = Set(s.objects.values.flatMap { $0.values.compactMap { ($0["metadata"] as? [String: Any])?["uid"] as? String } })
         for (c, objs) in s.objects {
             for (_, d) in objs {
                 let dm = d["metadata"] as? [String: Any] ?? [:]
                 let owners = (dm["ownerReferences"] as? [[String: Any]] ?? []).compactMap { $0["uid"] as? String }
-                if owners.contains(uid), let n = dm["name"] as? String {
+                // Collected once its last owner is gone (the garbage collector waits for all of them).
+                if owners.contains(uid), owners.allSatisfy({ !live.contains($0) }), let n = dm["name"] as? String {
                     var dmeta = dm
                     if !(dm["finalizers"] as? [Any] ?? []).isEmpty {
                         if dmeta["deletionTimestamp"] == nil {
@@ -364,11 +448,7 @@ public final class TestAPIServer: Sendable {
         }
     }
 
-    static func now() -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: Date())
-    }
+    static func now() -> String { KubernetesTime.time(Date()) }
 }
 
 final class ServerBox: Sendable {
@@ -395,6 +475,9 @@ final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
             body.append(contentsOf: b.readBytes(length: b.readableBytes) ?? [])
         case .end:
             guard let head, let server = box.server.withLock({ $0 }) else { return }
+            if server.hangs(method: head.method.rawValue, uri: head.uri, body: body) {
+                return  // never answered; the connection stays open
+            }
             if head.method == .GET, head.uri.contains("watch=1") || head.uri.contains("watch=true") {
                 startWatch(context: context, server: server, head: head)
             } else {

@@ -16,6 +16,8 @@ public final class AgentProcess: @unchecked Sendable {
     public var clientTLS: AgentClient.TLSOptions?
     public private(set) var pid: pid_t = 0
     public var address: String { "127.0.0.1:\(port)" }
+    /// The agent's `--basic-auth-token`, if it was given one (start, cleanUp and `client()` use it).
+    public var token: String? { extraArguments.firstIndex(of: "--basic-auth-token").flatMap { extraArguments.indices.contains($0 + 1) ? extraArguments[$0 + 1] : nil } }
     public var logPath: String { "\(stateDir).agent.log" }
 
     public init(environment: TestEnvironment, extraArguments: [String] = [], containerdSocket: String? = nil) throws {
@@ -42,7 +44,7 @@ public final class AgentProcess: @unchecked Sendable {
         let fd = open(logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         defer { close(fd) }
         pid = try HostProcess.spawn(arguments, stdout: fd, stderr: fd)
-        let client = try AgentClient(address: address, tls: clientTLS)
+        let client = try AgentClient(address: address, token: token, tls: clientTLS)
         defer { client.close() }
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
@@ -68,7 +70,7 @@ public final class AgentProcess: @unchecked Sendable {
     }
 
     public func client(token: String? = nil, tls: AgentClient.TLSOptions? = nil) throws -> AgentClient {
-        try AgentClient(address: address, token: token, tls: tls ?? clientTLS)
+        try AgentClient(address: address, token: token ?? self.token, tls: tls ?? clientTLS)
     }
 
     /// Deletes every VM through the API (so TAPs and leases go too), then stops the agent and
