@@ -17,6 +17,7 @@ packages=(
   iproute2 iputils-ping           # TAP devices and bridges; ping in tests
   curl ca-certificates openssl    # registry readiness probes; certificates in the TLS tests
   python3 python3-cryptography    # the token server of the bearer-token test registry
+  python3-yaml                    # scripts/e2e-cluster.sh rewrites Cluster API's CRDs and webhook configurations
   apt-utils gnupg                 # apt-ftparchive, gpg: the signed package repository double (k8s-node test)
   libsqlite3-dev zlib1g-dev       # SQLite for the state database (GRDB); zlib for gzip layers
   util-linux procps kmod xz-utils zstd lz4 bzip2   # lz4 etc.: unpacking kernel payloads (vmlinux)

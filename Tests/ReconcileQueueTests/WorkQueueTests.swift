@@ -32,7 +32,9 @@ struct WorkQueueTests {
         await q.add("n", after: .seconds(30))
         #expect(await q.delayedCount == 2, "one pending add per key")
         #expect(await q.depth == 0)
-        try await Task.sleep(for: .milliseconds(400))
+        // Wait on the condition itself (a loaded CI machine may fire the timer late), then check it fired once.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while await q.depth == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(await q.depth == 1, "the earliest add fired, once")
         #expect(await q.next() == "m")
         await q.done("m")
