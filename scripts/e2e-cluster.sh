@@ -72,6 +72,7 @@ pids=()
 spawn() {  # spawn NAME command...: runs in its own session, log in $W/NAME.log
   local name=$1; shift
   setsid "$@" >"$W/$name.log" 2>&1 < /dev/null &
+  disown $!  # stopped by cleanup; no job notices
   pids+=($!)
   echo $! > "$W/$name.pid"
 }
@@ -199,7 +200,7 @@ PY
 kubectl apply --server-side --force-conflicts -f "$W/crds/capi.yaml" >/dev/null
 info "applied"
 
-stage "Cluster API $("$C/capi-manager" --version 2>/dev/null | head -1) controllers, webhooks on 127.0.0.1:$CORE_WH/$BOOT_WH/$CP_WH"
+stage "Cluster API $("$C/clusterctl" version -o short 2>/dev/null) controllers, webhooks on 127.0.0.1:$CORE_WH/$BOOT_WH/$CP_WH"
 mkdir -p "$W/certs/webhook" && cp "$W/certs/tls.crt" "$W/certs/tls.key" "$W/certs/webhook/"
 gates="ClusterTopology=true"
 common=(--kubeconfig="$W/admin.kubeconfig" --webhook-cert-dir="$W/certs/webhook" --leader-elect=false --insecure-diagnostics)

@@ -26,7 +26,14 @@ public struct ClusterReconciler: Sendable {
 
     public static let loadBalancerCondition = "LoadBalancerAvailable"
 
+    /// One pass over MicrovmCluster `namespace/name`; one that is gone, or goes meanwhile, is done.
     public func reconcile(namespace: String, name: String) async throws -> ReconcileResult {
+        do { return try await reconcileExisting(namespace: namespace, name: name) } catch let e as KubernetesAPIError where e.isNotFound {
+            return .done  // the MicrovmCluster went away while it was reconciled (its status write found nothing): nothing left to do
+        }
+    }
+
+    func reconcileExisting(namespace: String, name: String) async throws -> ReconcileResult {
         let c: MicrovmCluster
         do { c = try await kube.get(MicrovmCluster.self, name: name, namespace: namespace) } catch let e as KubernetesAPIError where e.isNotFound {
             return .done

@@ -146,7 +146,12 @@ struct ClusterTemplateTests {
         #expect(topology["class"] as? String == (classObject["metadata"] as? [String: Any])?["name"] as? String)
         var templates: [String: [String: Any]] = [:]  // "Kind/name"
         for o in objs where o["kind"] as? String != "ClusterClass" {
-            templates["\(o["kind"] ?? "")/\((o["metadata"] as? [String: Any])?["name"] ?? "")"] = o
+            // Cluster API's own kinds reach the topology controller through its Go types, whose
+            // omitempty fields drop empty objects and lists: a patch below `apiServer: {}` or into
+            // `files: []` fails against the real controller ("doc is missing path"), as it must here.
+            let group = (o["apiVersion"] as? String ?? "").split(separator: "/").first ?? ""
+            let roundTripped = group.hasSuffix("cluster.x-k8s.io") && group != "infrastructure.cluster.x-k8s.io" ? JSONPatch.droppingEmptyFields(o) : o
+            templates["\(o["kind"] ?? "")/\((o["metadata"] as? [String: Any])?["name"] ?? "")"] = roundTripped as? [String: Any]
         }
         let spec = try #require(classObject["spec"] as? [String: Any])
         // Every template the class names is in the file.
@@ -210,7 +215,10 @@ struct ClusterTemplateTests {
         #expect(mvmCluster.spec.template.spec.placement.dynamicPool?.hostSelector == ["liquidmetal.io/pool": "edge"])
         #expect(mvmCluster.spec.template.spec.controlPlaneEndpoint?.host == "192.168.10.50")
         let kcp = try #require(templates[cpTemplate])
-        let files = ((((kcp["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])?["kubeadmConfigSpec"] as? [String: Any])?["files"] as? [[String: Any]]
+        let kubeadmConfigSpec = (((kcp["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])?["kubeadmConfigSpec"] as? [String: Any]
+        let certSANs = ((kubeadmConfigSpec?["clusterConfiguration"] as? [String: Any])?["apiServer"] as? [String: Any])?["certSANs"] as? [String]
+        #expect(certSANs == ["localhost", "127.0.0.1", "192.168.10.50"], "the API server's certificate names the VIP")
+        let files = kubeadmConfigSpec?["files"] as? [[String: Any]]
         let kubeVip = try #require(files?.first { $0["path"] as? String == "/etc/kubernetes/manifests/kube-vip.yaml" }?["content"] as? String)
         let pod = try #require(try Yams.load(yaml: kubeVip) as? [String: Any])
         #expect(pod["kind"] as? String == "Pod" && kubeVip.contains("value: \"192.168.10.50\"") && kubeVip.contains("kube-vip:v0.8.9"))
@@ -275,6 +283,20 @@ enum JSONPatch {
             .map { $0.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~") }
         guard let result = try set(document, Array(tokens)[...], value, op: op, path: path) as? [String: Any] else { throw Failure(description: "\(path): the document is no object") }
         return result
+    }
+
+    /// `value` with every empty object and list removed, recursively, as a Go struct with omitempty
+    /// fields gives it back.
+    static func droppingEmptyFields(_ value: Any) -> Any? {
+        if let object = value as? [String: Any] {
+            let kept = object.compactMapValues { droppingEmptyFields($0) }
+            return kept.isEmpty ? nil : kept
+        }
+        if let array = value as? [Any] {
+            let kept = array.compactMap { droppingEmptyFields($0) }
+            return kept.isEmpty ? nil : kept
+        }
+        return value
     }
 
     static func set(_ node: Any, _ tokens: ArraySlice<String>, _ value: Any, op: String, path: String) throws -> Any {

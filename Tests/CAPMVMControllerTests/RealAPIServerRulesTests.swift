@@ -259,6 +259,20 @@ struct RealAPIServerRulesTests {
         }
     }
 
+    @Test("a MicrovmCluster deleted while it is reconciled (its status write answers 404) is done, not an error retried")
+    func clusterGoneMeanwhile() async throws {
+        try await withServer { server, kube in
+            let ns = "gone"
+            _ = try await kube.create(MicrovmCluster(metadata: ObjectMeta(name: "c", namespace: ns), spec: .init(
+                controlPlaneEndpoint: APIEndpoint(host: "127.0.0.1", port: 1), placement: .init(staticPool: .init(hosts: [.init(endpoint: "h1:9090")])))))
+            server.refuseRequests(with: 404) { method, path, _ in method == "PUT" && path.hasSuffix("/microvmclusters/c/status") }
+            let r = ClusterReconciler(kube: kube, logger: Logger(label: "capmvm"))
+            let result = try await r.reconcile(namespace: ns, name: "c")
+            #expect(result == .done)
+            #expect(server.refusedRequests == 1, "the status write was tried once and found nothing")
+        }
+    }
+
     @Test("the v1beta2 contract: with cluster.x-k8s.io serving v1beta2, capmvm reads Cluster API's objects there and publishes failure domains as a list; v1beta1 gets the map")
     func contracts() async throws {
         try await withServer { server, kube in

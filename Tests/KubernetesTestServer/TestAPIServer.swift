@@ -45,6 +45,7 @@ public final class TestAPIServer: Sendable {
     public typealias RequestRule = @Sendable (_ method: String, _ path: String, _ body: [String: Any]?) -> Bool
     struct Refusal {
         var rule: RequestRule?
+        var status = 503
         var count = 0
     }
 
@@ -98,9 +99,10 @@ public final class TestAPIServer: Sendable {
         }
     }
 
-    /// Refuses requests matching `rule` with 503 ServiceUnavailable until called again (nil: none).
-    public func refuseRequests(where rule: RequestRule?) {
-        refusal.withLock { $0.rule = rule }
+    /// Refuses requests matching `rule` with `status` until called again (nil: none): 503
+    /// ServiceUnavailable by default, 404 NotFound to answer as for an object deleted meanwhile.
+    public func refuseRequests(with status: Int = 503, where rule: RequestRule?) {
+        refusal.withLock { $0.rule = rule; $0.status = status }
     }
 
     /// Leaves requests matching `rule` unanswered (their connections stay open) until called again (nil: none).
@@ -161,12 +163,13 @@ public final class TestAPIServer: Sendable {
         if method == "GET", segments.count == 2, segments[0] == "apis" { return discovery(group: segments[1]) }
         guard let r = Self.route(comps?.path ?? uri) else { return Self.status(404, "NotFound", "no such path \(uri)") }
         let json = body.isEmpty ? nil : (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
-        let refuse = refusal.withLock { f -> Bool in
-            guard let rule = f.rule, rule(method, comps?.path ?? uri, json) else { return false }
+        let refuse = refusal.withLock { f -> Int? in
+            guard let rule = f.rule, rule(method, comps?.path ?? uri, json) else { return nil }
             f.count += 1
-            return true
+            return f.status
         }
-        if refuse { return Self.status(503, "ServiceUnavailable", "the server is currently unable to handle the request") }
+        if refuse == 404 { return Self.status(404, "NotFound", "\(r.collection) \"\(r.name ?? "")\" not found") }
+        if let refuse { return Self.status(refuse, "ServiceUnavailable", "the server is currently unable to handle the request") }
         return state.withLock { s -> Response in
             switch (method, r.name) {
             case ("GET", nil):
