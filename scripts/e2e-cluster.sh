@@ -77,6 +77,7 @@ spawn() {  # spawn NAME command...: runs in its own session, log in $W/NAME.log
   echo $! > "$W/$name.pid"
 }
 lmctl=""
+started_test_env=0
 # The uids of an agent's VMs (lmctl list -o json prints one VM as an object, several as {"microvm": [...]}).
 vm_uids() {
   "$lmctl" list --host "$1" -o json 2>/dev/null | python3 -c 'import json,sys
@@ -99,6 +100,8 @@ cleanup() {
   # VMMs run in their own sessions: anything left of the agents' VMs goes too.
   pkill -9 -f "$W/agent" 2>/dev/null || true
   for b in lme2e0 lme2e1; do ip link del $b 2>/dev/null || true; done
+  # containerd and the registries stay if they ran before; started here, they stop here.
+  [ "$started_test_env" = 1 ] && "$repo/scripts/test-env.sh" stop >/dev/null 2>&1 || true
   exit $rc
 }
 trap cleanup EXIT
@@ -221,6 +224,7 @@ check "capmvm holds its Lease (MicroTime accepted by kube-apiserver)" \
 grep -q "serving Cluster API's v1beta2 contract" "$W/capmvm.log" && info "capmvm serves the v1beta2 contract" || info "capmvm log: $(grep -m1 contract "$W/capmvm.log" || true)"
 
 stage "containerd, registry, two flintlockd agents"
+./scripts/test-env.sh status >/dev/null 2>&1 || started_test_env=1
 ./scripts/test-env.sh start >/dev/null
 eval "$(./scripts/test-env.sh env)"
 for i in 0 1; do
