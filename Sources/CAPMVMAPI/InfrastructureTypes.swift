@@ -218,11 +218,14 @@ public struct MicrovmMachine: KubernetesObject, Equatable {
         public var readOnly: Bool?
         public var mountPoint: String?
         public var virtiofsPath: String?
-        public init(id: String, image: String, readOnly: Bool? = nil, mountPoint: String? = nil) {
+        /// The disk's size in MiB when larger than the image (writable volumes); ours, not CAPMVM's.
+        public var sizeMb: Int?
+        public init(id: String, image: String, readOnly: Bool? = nil, mountPoint: String? = nil, sizeMb: Int? = nil) {
             self.id = id
             self.image = image
             self.readOnly = readOnly
             self.mountPoint = mountPoint
+            self.sizeMb = sizeMb
         }
     }
 

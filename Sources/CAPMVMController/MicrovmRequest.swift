@@ -64,11 +64,13 @@ public enum MicrovmRequest {
         }
     }
 
-    static func volume(_ v: MicrovmMachine.Volume) -> Flintlock_Types_Volume {
+    /// A MicrovmMachine volume as the agent's volume (`sizeMb` becomes `size_in_mb`).
+    public static func volume(_ v: MicrovmMachine.Volume) -> Flintlock_Types_Volume {
         .with {
             $0.id = v.id
             $0.isReadOnly = v.readOnly ?? false
             if let mp = v.mountPoint, !mp.isEmpty { $0.mountPoint = mp }
+            if let mb = v.sizeMb, mb > 0 { $0.sizeInMb = Int32(mb) }
             $0.source.containerSource = v.image
         }
     }

@@ -242,7 +242,11 @@ public final class Reconciler: Sendable {
                         ctx.volumes[v.id] = MountStatus(type: .hostPath, source: base.path)
                     } else {
                         let layer = "\(dir)/volume-\(v.id).\(self.vmm.writableLayerFormat)"
-                        try await self.vmm.createWritableLayer(base: base.path, at: layer)
+                        let size = try await self.vmm.createWritableLayer(base: base.path, at: layer, sizeInMB: v.sizeInMB)
+                        if let mb = v.sizeInMB, Int64(mb) << 20 < size {
+                            self.logger.info("volume image is larger than size_in_mb; the disk keeps the image's size",
+                                             metadata: ["uid": "\(ref.uid)", "volume": "\(v.id)", "size_in_mb": "\(mb)", "disk_mib": "\(size >> 20)"])
+                        }
                         ctx.disks.append(.init(id: v.id, path: layer, format: self.vmm.writableLayerFormat, readOnly: false))
                         ctx.volumes[v.id] = MountStatus(type: .hostPath, source: layer)
                     }

@@ -168,8 +168,11 @@ public protocol VMMProvider: Sendable {
     func stop(_ ref: MicroVMRef, directory: String) async throws
     /// The disk format of the VM's writable layers (for example "qcow2").
     var writableLayerFormat: String { get }
-    /// Creates a copy-on-write layer at `path` over the shared read-only `base`. Idempotent.
-    func createWritableLayer(base: String, at path: String) async throws
+    /// Creates a copy-on-write layer at `path` over the shared read-only `base`, as large as `sizeInMB`
+    /// when that is larger than the base (the guest grows its filesystem into the rest). Idempotent.
+    /// Returns the layer's size in bytes.
+    @discardableResult
+    func createWritableLayer(base: String, at path: String, sizeInMB: Int?) async throws -> Int64
     /// Calls `onExit` as soon as the VM's VMM process goes away. False when it cannot be watched.
     func watchExit(of ref: MicroVMRef, directory: String, onExit: @escaping @Sendable () -> Void) -> Bool
     /// Where the VM's serial console is logged.

@@ -279,6 +279,9 @@ public enum Validate {
         if let size = v.sizeInMB, size < 0 || size > 1_048_576 {
             throw .invalid("\(field).size_in_mb", "\(size) is out of range 0-1048576")
         }
+        if let size = v.sizeInMB, size > 0, v.isReadOnly {
+            throw .invalid("\(field).size_in_mb", "a read-only volume is as large as its image; size_in_mb applies to writable volumes")
+        }
         if let p = v.partitionID, !p.isEmpty { throw .invalid("\(field).partition_id", "partitions are not supported by this agent yet") }
     }
 }

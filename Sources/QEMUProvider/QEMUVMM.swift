@@ -220,12 +220,18 @@ public final class QEMUVMM: VMMProvider {
     public func consoleLogPath(directory: String) -> String { Self.consoleLog(directory) }
 
     /// Creates the VM's writable layer over a shared base image: a qcow2 overlay.
-    public func createWritableLayer(base: String, at path: String) async throws {
-        if HostFiles.exists(path) { return }
+    @discardableResult
+    public func createWritableLayer(base: String, at path: String, sizeInMB: Int?) async throws -> Int64 {
+        var st = stat()
+        guard stat(base, &st) == 0 else { throw AgentError(.internalError, "volume image \(base) is missing") }
+        // A size below the image's is not a shrink: the disk stays as large as the image.
+        let size = max(Int64(st.st_size), Int64(sizeInMB ?? 0) << 20)
+        if HostFiles.exists(path) { return size }
         let tmp = path + ".partial"
         try HostFiles.remove(tmp)
-        try await HostProcess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, tmp])
+        try await HostProcess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, tmp, String(size)])
         guard rename(tmp, path) == 0 else { throw AgentError(.internalError, "cannot move \(tmp) to \(path)") }
+        return size
     }
 }
 

@@ -26,6 +26,14 @@ struct CAPMVMControllerTests {
         #expect(doc["disable_root"] as? Bool == false)
     }
 
+    @Test("volumes: sizeMb asks the agent for a disk that large (size_in_mb); without it the disk is the image's size")
+    func volumeSize() {
+        let sized = MicrovmRequest.volume(.init(id: "root", image: "r", sizeMb: 8192))
+        #expect(sized.hasSizeInMb && sized.sizeInMb == 8192 && sized.source.containerSource == "r" && !sized.isReadOnly)
+        let plain = MicrovmRequest.volume(.init(id: "data", image: "d", readOnly: true, mountPoint: "/data"))
+        #expect(!plain.hasSizeInMb && plain.isReadOnly && plain.mountPoint == "/data")
+    }
+
     @Test("microvmProxy endpoints: http://[user:password@]host:port or host:port; anything else is refused with the reason")
     func proxyEndpoints() throws {
         let p = try HTTPConnectProxy(endpoint: "http://proxy.example:3128")

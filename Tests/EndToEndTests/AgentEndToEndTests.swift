@@ -214,7 +214,7 @@ struct AgentEndToEndTests {
                 if !ok { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(ok)
-        let none = try agent.client()
+        let none = try AgentClient(address: agent.address, token: nil, tls: nil)  // agent.client() would send the agent's token
         defer { none.close() }
         #expect(await rpcCode { _ = try await none.list() } == .unauthenticated)
         let wrong = try agent.client(token: "nope")

@@ -106,7 +106,7 @@ struct ImageBuildEndToEndTests {
         }
     }
 
-    @Test("the k8s-node preset from a signed package source (a loopback double of pkgs.k8s.io): packages, CRI config, enabled units; boots with containerd running")
+    @Test("the k8s-node preset from a signed package source (a loopback double of pkgs.k8s.io): packages, CRI config, enabled units; boots with containerd running on a root disk grown to size_in_mb")
     func k8sNodePreset() async throws {
         let env = try await TestEnvironment.shared()
         let tag = UUID().uuidString.prefix(8).lowercased()
@@ -148,10 +148,28 @@ struct ImageBuildEndToEndTests {
                 $0.memoryInMb = 1024
                 $0.kernel = .with { $0.image = kernel; $0.filename = "boot/vmlinuz" }
                 $0.initrd = .with { $0.image = kernel; $0.filename = "boot/initrd" }
-                $0.rootVolume = .with { $0.id = "root"; $0.source.containerSource = node }
+                // A root disk larger than the image (the image's ext4 is sized to its content): the agent
+                // makes the disk 4 GiB, cloud-init's resizefs grows the filesystem, and runcmd reports it.
+                $0.rootVolume = .with { $0.id = "root"; $0.source.containerSource = node; $0.sizeInMb = 4096 }
+                $0.metadata = ["user-data": Data("""
+                    #cloud-config
+                    runcmd:
+                    - [sh, -c, 'echo LM-ROOT-SIZE $(df -m --output=size / | tail -1)']
+
+                    """.utf8).base64EncodedString(), "meta-data": Data("instance-id: k8s-node\n".utf8).base64EncodedString()]
             })
-            _ = try await client.wait(uid: vm.spec.uid, timeout: .seconds(180)) { $0.status.state == .created }
-            let text = try await waitForConsole(client, uid: vm.spec.uid, marker: "lm-guest login:", timeout: .seconds(300))
+            let created = try await client.wait(uid: vm.spec.uid, timeout: .seconds(180)) { $0.status.state == .created }
+            let disk = try #require(created.status.volumes["root"]?.mount.source)
+            let info = try await HostProcess.run(["qemu-img", "info", "-U", "--output=json", disk])
+            let virtualSize = try #require((try JSONSerialization.jsonObject(with: Data(info.utf8)) as? [String: Any])?["virtual-size"] as? Int)
+            #expect(virtualSize == 4096 << 20, "the root disk is size_in_mb large: \(info)")
+            _ = try await waitForConsole(client, uid: vm.spec.uid, marker: "lm-guest login:", timeout: .seconds(300))
+            let text = try await waitForConsole(client, uid: vm.spec.uid, marker: "LM-ROOT-SIZE", timeout: .seconds(300))
+            let reported = text.split(separator: "\n").lazy.compactMap { line -> Int? in
+                guard let r = line.range(of: "LM-ROOT-SIZE ") else { return nil }
+                return Int(line[r.upperBound...].prefix { $0.isNumber })
+            }.first
+            #expect((reported ?? 0) > 3800, "the guest's root filesystem was grown to the disk: \(reported.map(String.init) ?? "no LM-ROOT-SIZE line"), \(text.suffix(2000))")
             // systemd's status lines: "[  OK  ] Started containerd.service - containerd container runtime."
             // (with colour codes, and the unit name shortened to fit the console).
             let started = text.split(separator: "\n").filter { $0.contains("] Started ") }

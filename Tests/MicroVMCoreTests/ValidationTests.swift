@@ -235,6 +235,9 @@ let volumeRejections: [Rejection] = [
     Rejection(label: "volume with negative size", field: "additional_volumes[0].size_in_mb") {
         $0.additionalVolumes = [VolumeSpec(id: "data", containerSource: "busybox", sizeInMB: -1)]
     },
+    Rejection(label: "read-only volume with a size", field: "additional_volumes[0].size_in_mb") {
+        $0.additionalVolumes = [VolumeSpec(id: "data", isReadOnly: true, containerSource: "busybox", sizeInMB: 2048)]
+    },
     Rejection(label: "additional volume reusing the root id", field: "additional_volumes[0].id") {
         $0.additionalVolumes = [VolumeSpec(id: "root", containerSource: "busybox")]
     },
