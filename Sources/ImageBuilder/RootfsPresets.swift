@@ -28,11 +28,13 @@ public enum RootfsPresets {
 
     /// The `cloud` preset plus containerd (from Debian) and kubelet, kubeadm and kubectl from `source` (they are not
     /// in Debian; for example Kubernetes' own repository, `deb https://pkgs.k8s.io/core:/stable:/v1.31/deb/ /`,
-    /// signed by the key at https://pkgs.k8s.io/core:/stable:/v1.31/deb/Release.key).
+    /// signed by the key at https://pkgs.k8s.io/core:/stable:/v1.31/deb/Release.key), and the modules of Debian's
+    /// cloud kernel (the one `lmctl image build kernel` packages: build both from the same mirror), so that
+    /// overlay, br_netfilter and netfilter's modules load at boot.
     public static func k8sNode(source: RootfsRecipe.PackageSource) -> RootfsRecipe {
         var r = cloud()
         r.title = "Liquid Metal Kubernetes node (Debian 12)"
-        r.packages += ["containerd", "kubelet", "kubeadm", "kubectl", "conntrack", "iptables", "socat", "ethtool"]
+        r.packages += ["containerd", "kubelet", "kubeadm", "kubectl", "conntrack", "iptables", "socat", "ethtool", "linux-image-cloud-amd64"]
         r.sources = [source]
         r.files += [
             .init(path: "/etc/modules-load.d/kubernetes.conf", text: "overlay\nbr_netfilter\n"),
@@ -43,8 +45,14 @@ public enum RootfsPresets {
 
                 """),
             .init(path: "/etc/containerd/config.toml", text: """
-                # Written by lmctl image build --preset k8s-node: the CRI plugin with systemd cgroups, as kubeadm expects.
+                # Written by lmctl image build --preset k8s-node: the CRI plugin with systemd cgroups, as kubeadm expects;
+                # registry mirrors and CAs per registry under /etc/containerd/certs.d/<registry>/hosts.toml (the cluster
+                # templates write them); the sandbox image kubeadm v1.33 to v1.36 use.
                 version = 2
+                [plugins."io.containerd.grpc.v1.cri"]
+                  sandbox_image = "registry.k8s.io/pause:3.10.2"
+                [plugins."io.containerd.grpc.v1.cri".registry]
+                  config_path = "/etc/containerd/certs.d"
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
                   runtime_type = "io.containerd.runc.v2"
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]

@@ -128,10 +128,14 @@ struct ImageBuildEndToEndTests {
                      "etc/apt/keyrings/liquidmetal-source-0.asc"] {
             #expect(listing.contains(path), "\(path) in the k8s-node image")
         }
+        for module in ["overlay.ko", "br_netfilter.ko", "nf_conntrack.ko"] {
+            #expect(listing.contains { $0.hasPrefix("usr/lib/modules/") && $0.contains("/\(module)") }, "\(module) (the cloud kernel's modules) in the image")
+        }
         let extract = "\(dir)/extract"
         try HostFiles.createDirectory(extract)
         try await HostProcess.run(["tar", "-xzf", layer, "-C", extract, "etc/containerd/config.toml", "etc/apt/sources.list", "etc/apt/keyrings"])
-        #expect(try String(contentsOfFile: "\(extract)/etc/containerd/config.toml", encoding: .utf8).contains("SystemdCgroup = true"))
+        let containerdConfig = try String(contentsOfFile: "\(extract)/etc/containerd/config.toml", encoding: .utf8)
+        #expect(containerdConfig.contains("SystemdCgroup = true") && containerdConfig.contains(#"config_path = "/etc/containerd/certs.d""#))
         let sources = try String(contentsOfFile: "\(extract)/etc/apt/sources.list", encoding: .utf8)
         #expect(sources.contains("[signed-by=/etc/apt/keyrings/liquidmetal-source-0.asc] http://127.0.0.1:\(repo.port)/ /"), "the guest keeps the source and its key")
 
