@@ -243,7 +243,7 @@ public final class Reconciler: Sendable {
                     } else {
                         let layer = "\(dir)/volume-\(v.id).\(self.vmm.writableLayerFormat)"
                         let size = try await self.vmm.createWritableLayer(base: base.path, at: layer, sizeInMB: v.sizeInMB)
-                        if let mb = v.sizeInMB, Int64(mb) << 20 < size {
+                        if let mb = v.sizeInMB, mb > 0, Int64(mb) << 20 < size {
                             self.logger.info("volume image is larger than size_in_mb; the disk keeps the image's size",
                                              metadata: ["uid": "\(ref.uid)", "volume": "\(v.id)", "size_in_mb": "\(mb)", "disk_mib": "\(size >> 20)"])
                         }

@@ -225,7 +225,7 @@ public final class QEMUVMM: VMMProvider {
         var st = stat()
         guard stat(base, &st) == 0 else { throw AgentError(.internalError, "volume image \(base) is missing") }
         // A size below the image's is not a shrink: the disk stays as large as the image.
-        let size = max(Int64(st.st_size), Int64(sizeInMB ?? 0) << 20)
+        let size = (max(Int64(st.st_size), Int64(sizeInMB ?? 0) << 20) + 511) / 512 * 512  // qcow2 sizes are whole sectors
         if HostFiles.exists(path) { return size }
         let tmp = path + ".partial"
         try HostFiles.remove(tmp)
