@@ -219,7 +219,7 @@ let package = Package(
         .testTarget(name: "OCIImageTests", dependencies: ["OCIImage", "CXattr"]),
         .testTarget(
             name: "ImageBuilderTests",
-            dependencies: ["ImageBuilder", "OCIRegistry", "MicroVMCore", "HostSystem", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ImageBuilder", "OCIRegistry", "MicroVMCore", "HostSystem", "TestSupport", .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams")]
         ),
         .testTarget(
             name: "OCIRegistryTests",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# e2e-cluster.sh — capmvm under the real Cluster API, on a real (loopback) management cluster.
+# e2e-cluster.sh — capmvm under the real Cluster API, on a real (loopback) management cluster, and a
+# real Kubernetes cluster whose nodes are microVMs.
 #
 # Starts, all on 127.0.0.1 and all under $LM_E2E_DIR (default /tmp/lm-e2e):
 #   etcd and kube-apiserver (the management cluster; kube-controller-manager for garbage collection),
@@ -9,36 +10,56 @@
 #   our CRDs and RBAC, and capmvm with --leader-elect as the ServiceAccount the RBAC names,
 #   containerd and a registry (scripts/test-env.sh), two flintlockd agents on bridges of their own,
 #   a kernel and a cloud-init root image built with lmctl.
-# Then, for each flavor (templates/cluster-template.yaml, then the ClusterClass one):
-#   clusterctl generate cluster → kubectl apply → KubeadmControlPlane and MachineDeployment make
-#   Machines → MicrovmMachines → microVMs created with the real kubeadm bootstrap data → checks:
-#   every Machine Provisioned with capmvm's providerID and addresses, each VM's user-data is its
-#   bootstrap Secret's, and cloud-init ran it in the guest (its kubeadm command shows on the console:
-#   the root image has no kubeadm, which issue "Nodes that become Kubernetes nodes" brings);
-#   then the Cluster is deleted and every VM must be gone from every host.
+# Then, for each flavor:
+#   static, topology (templates/cluster-template.yaml, then the ClusterClass one): clusterctl generate
+#     cluster → kubectl apply → KubeadmControlPlane and MachineDeployment make Machines →
+#     MicrovmMachines → microVMs created with the real kubeadm bootstrap data → checks: every Machine
+#     Provisioned with capmvm's providerID and addresses, each VM's user-data is its bootstrap Secret's,
+#     and cloud-init ran it in the guest (the cloud image has no kubeadm: its command shows on the console).
+#   nodes (templates/cluster-template-airgapped.yaml): a real cluster. The node image is built with
+#     lmctl from a pkgs.k8s.io-shaped repository of $LM_K8S_BIN's kubelet, kubeadm, kubectl and CNI
+#     plugins (scripts/k8s-apt-repo.sh), with the control-plane, kube-proxy and pause images (built with
+#     lmctl from the same binaries) preloaded: the guests reach no registry. 1 control plane on host 0
+#     + 1 worker, placed over both hosts (MicrovmHosts) → the workload cluster's API answers on the
+#     keepalived address → 2 nodes Ready, each with its Machine's providerID → the MachineDeployment
+#     scaled to 2 → 3 nodes Ready → figures (times, RSS, memory per VM, guest and our parts).
+#   Then the Cluster is deleted and every VM must be gone from every host, no finalizer left.
 # Each stage is printed with its time. Exits 0 only when every check holds, 1 when one fails, and 2
 # (saying what is missing) without the binaries.
 #
-# Needs (none of them installable from Debian 12; build them by hand, see docs/capmvm.md):
-#   LM_K8S_BIN   a directory with kube-apiserver, kube-controller-manager, kubectl, etcd
+# Needs (none of them installable from Debian 12; build them by hand, see docs/kubernetes-nodes.md):
+#   LM_K8S_BIN   a directory with kube-apiserver, kube-controller-manager, kubectl, etcd; for the nodes
+#                flavor also kubelet, kubeadm, kube-scheduler, kube-proxy, pause (a static build of
+#                Kubernetes' build/pause/linux/pause.c) and an etcd of v3.6 or later (kubeadm v1.34+ run
+#                it with flags v3.5 refuses; LM_ETCD names another binary for the node image than $LM_K8S_BIN/etcd)
 #   LM_CAPI_BIN  a directory with capi-manager, capi-kubeadm-bootstrap, capi-kubeadm-control-plane, clusterctl
 #   LM_CAPI_SRC  Cluster API's source tree (its CRDs and webhook manifests)
+#   LM_CNI_BIN   (nodes) CNI plugins (bridge, host-local, portmap, loopback...), version LM_CNI_VERSION (1.9.1)
 # Optional: LM_E2E_DIR, LM_E2E_KEEP=1 (leave everything running at the end), LM_E2E_FLAVORS
-#   ("static topology", the default, or one of them), KUBERNETES_VERSION (v1.36.2).
+#   ("static topology nodes", the default, or some of them), KUBERNETES_VERSION (v1.36.2).
 # Runs as root (containerd, TAP devices, bridges).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
+FLAVORS=${LM_E2E_FLAVORS:-static topology nodes}
 missing=()
-for b in kube-apiserver kube-controller-manager kubectl etcd; do [ -x "${LM_K8S_BIN:-/nonexistent}/$b" ] || missing+=("\$LM_K8S_BIN/$b"); done
+k8s_bins="kube-apiserver kube-controller-manager kubectl etcd"
+case " $FLAVORS " in *" nodes "*) k8s_bins="$k8s_bins kubelet kubeadm kube-scheduler kube-proxy pause" ;; esac
+for b in $k8s_bins; do [ -x "${LM_K8S_BIN:-/nonexistent}/$b" ] || missing+=("\$LM_K8S_BIN/$b"); done
 for b in capi-manager capi-kubeadm-bootstrap capi-kubeadm-control-plane clusterctl; do [ -x "${LM_CAPI_BIN:-/nonexistent}/$b" ] || missing+=("\$LM_CAPI_BIN/$b"); done
 [ -d "${LM_CAPI_SRC:-/nonexistent}/config/crd/bases" ] || missing+=("\$LM_CAPI_SRC (Cluster API's source tree, with config/crd/bases)")
+case " $FLAVORS " in *" nodes "*)
+  for b in bridge host-local portmap loopback; do [ -x "${LM_CNI_BIN:-/nonexistent}/$b" ] || missing+=("\$LM_CNI_BIN/$b"); done
+  etcd_version=$("${LM_ETCD:-${LM_K8S_BIN:-/nonexistent}/etcd}" --version 2>/dev/null | sed -n 's/^etcd Version: //p')
+  case $etcd_version in 3.[6-9]*|[4-9]*) ;; *) missing+=("an etcd v3.6+ for the node image (\$LM_ETCD or \$LM_K8S_BIN/etcd is '${etcd_version:-not there}')") ;; esac ;;
+esac
 if [ ${#missing[@]} -gt 0 ]; then
   echo "e2e-cluster.sh: missing: ${missing[*]}" >&2
-  echo "  LM_K8S_BIN: kube-apiserver, kube-controller-manager, kubectl, etcd; LM_CAPI_BIN: capi-manager," >&2
-  echo "  capi-kubeadm-bootstrap, capi-kubeadm-control-plane, clusterctl; LM_CAPI_SRC: Cluster API's tree." >&2
-  echo "  docs/capmvm.md says how they were built for this project's runs." >&2
+  echo "  LM_K8S_BIN: kube-apiserver, kube-controller-manager, kubectl, etcd (nodes: also kubelet, kubeadm," >&2
+  echo "  kube-scheduler, kube-proxy, pause, etcd v3.6+); LM_CAPI_BIN: capi-manager, capi-kubeadm-bootstrap," >&2
+  echo "  capi-kubeadm-control-plane, clusterctl; LM_CAPI_SRC: Cluster API's tree; LM_CNI_BIN (nodes): CNI plugins." >&2
+  echo "  docs/kubernetes-nodes.md says how they were built for this project's runs." >&2
   exit 2
 fi
 [ "$(id -u)" = 0 ] || { echo "e2e-cluster.sh: run as root" >&2; exit 2; }
@@ -48,7 +69,6 @@ python3 -c 'import yaml' 2>/dev/null || { echo "e2e-cluster.sh: needs python3-ya
 K=$LM_K8S_BIN C=$LM_CAPI_BIN S=$LM_CAPI_SRC
 W=${LM_E2E_DIR:-/tmp/lm-e2e}
 KVER=${KUBERNETES_VERSION:-v1.36.2}
-FLAVORS=${LM_E2E_FLAVORS:-static topology}
 start=$(date +%s)
 stage() { printf '\n[%4ss] == %s\n' "$(( $(date +%s) - start ))" "$*"; }
 info() { printf '[%4ss]    %s\n' "$(( $(date +%s) - start ))" "$*"; }
@@ -300,8 +320,184 @@ PY
 cloud_init_ran() { verify_cluster "$@" >/dev/null 2>&1; }
 no_vms_left() { [ "$(vms_total)" = 0 ]; }
 
+# ---- flavor "nodes": a real cluster whose nodes are microVMs ----
+# Samples the RSS of capmvm and the agents every 5 s (lines "NAME KiB" in $W/rss.samples).
+sample_rss() {
+  while :; do
+    for n in capmvm agent0 agent1; do
+      r=$(ps -o rss= -p "$(cat "$W/$n.pid")" 2>/dev/null | tr -d ' ')
+      [ -n "$r" ] && echo "$n $r"
+    done >> "$W/rss.samples"
+    sleep 5
+  done
+}
+wl() { "$K/kubectl" --kubeconfig "$W/$1.kubeconfig" --request-timeout=20s "${@:2}"; }  # wl CLUSTER kubectl-args...
+nodes_ready() {  # nodes_ready CLUSTER N: at least N nodes Ready
+  local n
+  n=$(wl "$1" get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$' || true)
+  [ "$n" -ge "$2" ]
+}
+# Every Machine of the cluster Running, its node Ready with the Machine's spec.providerID; as many nodes as Machines.
+verify_nodes() {
+  python3 - "$1" "$2" "$K/kubectl" "$W/$1.kubeconfig" <<'PY'
+import json, subprocess, sys
+cluster, want, kubectl, wlconfig = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def k(*a, kubeconfig=None):
+    extra = ["--kubeconfig", kubeconfig] if kubeconfig else []
+    return json.loads(subprocess.check_output([kubectl, *extra, *a, "-o", "json"]))
+machines = k("get", "machines", "-l", f"cluster.x-k8s.io/cluster-name={cluster}")["items"]
+nodes = {n["metadata"]["name"]: n for n in k("get", "nodes", kubeconfig=wlconfig)["items"]}
+ok = len(machines) == want and len(nodes) == want
+print(f"       {len(machines)} Machines, {len(nodes)} nodes (want {want})")
+for m in machines:
+    name, pid = m["metadata"]["name"], m["spec"].get("providerID", "")
+    ref = m.get("status", {}).get("nodeRef", {}).get("name", "")
+    node = nodes.get(ref)
+    ready = bool(node) and any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+    npid = node["spec"].get("providerID", "") if node else ""
+    ip = [a["address"] for a in node["status"].get("addresses", []) if a["type"] == "InternalIP"] if node else []
+    role = "control plane" if "cluster.x-k8s.io/control-plane" in m["metadata"].get("labels", {}) else "worker"
+    good = ready and npid == pid and pid.startswith("microvm://") and m.get("status", {}).get("phase") == "Running"
+    print(("ok  " if good else "BAD ") + f"{name} ({role}): phase {m.get('status', {}).get('phase')}, node {ref or '-'} Ready {ready}, "
+          f"node providerID {npid or '-'} {'==' if npid == pid else '!='} Machine's {pid or '-'}, InternalIP {ip}")
+    ok = ok and good
+sys.exit(0 if ok else 1)
+PY
+}
+# What the guest's console says: when cloud-init's final stage (kubeadm) started and ended, the image import.
+guest_times() {  # guest_times HOST UID
+  "$lmctl" logs --host "$1" "$2" 2>/dev/null | python3 -c '
+import re, sys
+t = sys.stdin.read()
+final = re.search(r"running .modules:final. at .*? Up ([0-9.]+) seconds", t)
+done = re.search(r"Cloud-init v\. \S+ finished at .*? Up ([0-9.]+) seconds", t)
+pre = re.search(r"lm-preload-images: (\d+) images imported in (\d+) s", t)
+imported = f"{pre.group(1)} images imported in {pre.group(2)}s" if pre else "no image import seen"
+if final and done:
+    print(f"boot → kubeadm starts {float(final.group(1)):.0f}s ({imported}); kubeadm and the rest of cloud-init {float(done.group(1)) - float(final.group(1)):.0f}s")
+else:
+    print("cloud-init has not finished (console)")'
+}
+vm_of_machine() {  # "HOST UID" of a Machine's VM
+  "$K/kubectl" get machine "$1" -o jsonpath='{.spec.providerID}' | sed -n 's#^microvm://\(.*\)/\([^/]*\)$#\1 \2#p'
+}
+qemu_rss_mib() {  # the RSS of the QEMU of VM UID
+  local pid; pid=$(pgrep -f "qemu-system.*$1" | head -1)
+  if [ -n "$pid" ]; then ps -o rss= -p "$pid" | awk '{printf "%.0f", $1/1024}'; else echo "?"; fi
+}
+
+run_nodes_flavor() {
+  local name=e2e-nodes
+  stage "nodes: Kubernetes $KVER packages and images from \$LM_K8S_BIN (the guests reach no registry)"
+  local cni_version=${LM_CNI_VERSION:-1.9.1} etcd_bin=${LM_ETCD:-$K/etcd}
+  ./scripts/k8s-apt-repo.sh --bin "$K" --cni "$LM_CNI_BIN" --cni-version "$cni_version" --version "$KVER" --out "$W/k8s-repo" > "$W/k8s-repo.log" 2>&1 \
+    || { tail -5 "$W/k8s-repo.log"; return 1; }
+  spawn k8s-repo python3 -m http.server --bind 127.0.0.1 --directory "$W/k8s-repo/repo" 28123
+  wait_for 30 "package repository on 127.0.0.1:28123" curl -sf http://127.0.0.1:28123/Release || return 1
+  # The image names kubeadm asks for, from kubeadm itself.
+  local images ref base tag preload=()
+  images=$("$K/kubeadm" config images list --kubernetes-version "$KVER" 2>/dev/null)
+  mkdir -p "$W/images"
+  for ref in $images; do
+    base=${ref%:*}; base=${base##*/}; tag=${ref##*:}
+    case $base in
+      kube-apiserver|kube-controller-manager|kube-scheduler)
+        "$lmctl" image build app --binary "$K/$base" --path /usr/local/bin/$base --user 0:0 --tag "$ref" --output "oci-layout:$W/images/$base" > "$W/image-$base.log" 2>&1 ;;
+      etcd)
+        # Named with the tag kubeadm asks for; the binary is $etcd_bin ($etcd_version).
+        "$lmctl" image build app --binary "$etcd_bin" --path /usr/local/bin/etcd --user 0:0 --tag "$ref" --output "oci-layout:$W/images/$base" > "$W/image-$base.log" 2>&1 ;;
+      pause)
+        "$lmctl" image build app --binary "$K/pause" --path /pause --user 65535:65535 --tag "$ref" --output "oci-layout:$W/images/$base" > "$W/image-$base.log" 2>&1 ;;
+      kube-proxy)
+        # kube-proxy runs iptables in its container: a Debian image with iptables and the binary.
+        printf '%s\n' "title: kube-proxy $KVER" "packages: [iptables, conntrack, kmod]" \
+          "files:" "- {path: /usr/local/bin/kube-proxy, source: \"$K/kube-proxy\", mode: \"0755\"}" > "$W/kube-proxy-recipe.yaml"
+        "$lmctl" image build rootfs --recipe "$W/kube-proxy-recipe.yaml" --tag "$ref" --output "oci-layout:$W/images/$base" --cache-dir /var/cache/liquidmetal > "$W/image-$base.log" 2>&1 ;;
+      *) info "not built (no binary for it here): $ref"; continue ;;
+    esac || { tail -5 "$W/image-$base.log"; return 1; }
+    preload+=(--preload-image "$ref=$W/images/$base:$tag")
+  done
+  info "built $(( ${#preload[@]} / 2 )) images to preload: $(ls "$W/images" | tr '\n' ' ')"
+  local t_img; t_img=$(date +%s)
+  "$lmctl" image build rootfs --preset k8s-node --package-source "deb http://127.0.0.1:28123/ /" --package-source-key "$W/k8s-repo/Release.key" \
+    "${preload[@]}" --tag "$LM_REGISTRY/lm-e2e/k8s-node:$KVER" --push --cache-dir /var/cache/liquidmetal > "$W/image-k8s-node.log" 2>&1 \
+    || { tail -20 "$W/image-k8s-node.log"; return 1; }
+  info "node image $LM_REGISTRY/lm-e2e/k8s-node:$KVER pushed in $(( $(date +%s) - t_img ))s: $(grep -m1 -o 'preloaded [0-9]* container images ([0-9]* MiB)' "$W/image-k8s-node.log" || true)"
+
+  stage "nodes: MicrovmHosts of pool e2e-nodes (control planes only on host 0, whose bridge holds the control plane's address)"
+  kubectl delete microvmhosts --all >/dev/null 2>&1 || true
+  local i
+  for i in 0 1; do
+    kubectl apply -f - >/dev/null <<EOF
+apiVersion: infrastructure.cluster.x-k8s.io/v1alpha1
+kind: MicrovmHost
+metadata: {name: e2e-nodes-host-$i, namespace: default, labels: {liquidmetal.io/pool: e2e-nodes}}
+spec: {endpoint: "127.0.0.1:$((AGENT0 + i))", failureDomain: "fd-$i", controlplaneAllowed: $([ $i = 0 ] && echo true || echo false)}
+EOF
+  done
+  CONTROL_PLANE_VIP=10.99.70.250 MVM_HOST_POOL=e2e-nodes MVM_ROOT_IMAGE=$LM_REGISTRY/lm-e2e/k8s-node:$KVER \
+    CONTROL_PLANE_VCPU=2 WORKER_VCPU=2 CONTROL_PLANE_MEMORY_MB=2048 WORKER_MEMORY_MB=2048 \
+    "$C/clusterctl" generate cluster $name --from templates/cluster-template-airgapped.yaml --kubeconfig "$W/admin.kubeconfig" > "$W/$name.yaml"
+  info "clusterctl generate cluster $name --from templates/cluster-template-airgapped.yaml: 1 control plane + 1 worker, 2 vCPUs and 2048 MiB each"
+  sample_rss &
+  local sampler=$!
+  pids+=($sampler)
+  local t0; t0=$(date +%s)
+  kubectl apply -f "$W/$name.yaml" | sed 's/^/         /'
+  local cpsel="cluster.x-k8s.io/cluster-name=$name,cluster.x-k8s.io/control-plane"
+  wait_for 600 "the control-plane Machine has its VM" sh -c "\"$K/kubectl\" get machines -l $cpsel -o jsonpath='{.items[*].spec.providerID}' | grep -q microvm://" || return 1
+  local t_vm=$(( $(date +%s) - t0 ))
+  wait_for 1500 "the workload cluster's kubeconfig Secret" sh -c "\"$K/kubectl\" get secret $name-kubeconfig -o jsonpath='{.data.value}' | base64 -d > \"$W/$name.kubeconfig\" && [ -s \"$W/$name.kubeconfig\" ]" || return 1
+  wait_for 1500 "the workload cluster's API answers on https://10.99.70.250:6443" wl $name get --raw /readyz || return 1
+  local t_api=$(( $(date +%s) - t0 ))
+  wait_for 900 "the control-plane Machine Running (its node registered)" sh -c "\"$K/kubectl\" get machines -l $cpsel -o jsonpath='{.items[*].status.phase}' | grep -q Running" || return 1
+  local t_cprun=$(( $(date +%s) - t0 ))
+  wait_for 900 "the control plane's node Ready" nodes_ready $name 1 || return 1
+  local t_cpready=$(( $(date +%s) - t0 ))
+  wait_for 1500 "2 nodes Ready" nodes_ready $name 2 || failures=$((failures + 1))
+  local t_all2=$(( $(date +%s) - t0 ))
+  check "$name: 2 nodes Ready, each with its Machine's providerID" verify_nodes $name 2
+  wl $name get nodes -o wide 2>&1 | sed 's/^/         /'
+
+  stage "nodes: scale the MachineDeployment to 2"
+  local t1; t1=$(date +%s)
+  kubectl scale machinedeployment $name-md-0 --replicas=2 >/dev/null
+  wait_for 1500 "3 nodes Ready" nodes_ready $name 3 || failures=$((failures + 1))
+  local t_scale=$(( $(date +%s) - t1 ))
+  check "$name: 3 nodes Ready, each with its Machine's providerID" verify_nodes $name 3
+  wl $name get nodes -o wide 2>&1 | sed 's/^/         /'
+  wl $name get pods -A -o wide 2>&1 | sed 's/^/         /'
+  kubectl get cluster,machines -l cluster.x-k8s.io/cluster-name=$name 2>&1 | sed 's/^/         /'
+
+  stage "nodes: figures (QEMU TCG on this machine's $(nproc) cores)"
+  info "apply → control-plane VM created (Cluster API, capmvm, agent: image pull, volumes, VMM start): ${t_vm}s"
+  info "apply → workload API answers: ${t_api}s; → control-plane Machine Running: ${t_cprun}s; → its node Ready: ${t_cpready}s; → 2 nodes Ready: ${t_all2}s"
+  info "scale to 2 workers → 3 nodes Ready: ${t_scale}s"
+  local m host uid
+  for m in $("$K/kubectl" get machines -l cluster.x-k8s.io/cluster-name=$name -o jsonpath='{.items[*].metadata.name}'); do
+    read -r host uid <<< "$(vm_of_machine "$m")"
+    info "$m on $host: QEMU RSS $(qemu_rss_mib "$uid") MiB (guest 2048 MiB); $(guest_times "$host" "$uid")"
+  done
+  kill $sampler 2>/dev/null || true
+  local n
+  for n in capmvm agent0 agent1; do
+    info "$n RSS during the run: $(awk -v n=$n '$1 == n { if (!min || $2 < min) min = $2; if ($2 > max) max = $2; c++ } END { if (c) printf "min %.1f, max %.1f MiB (%d samples)", min/1024, max/1024, c }' "$W/rss.samples")"
+  done
+
+  stage "nodes: delete the Cluster"
+  t1=$(date +%s)
+  kubectl delete cluster $name --wait=false >/dev/null
+  wait_for 600 "the Cluster is gone" sh -c "! \"$K/kubectl\" get cluster $name" || failures=$((failures + 1))
+  wait_for 120 "every VM gone from the hosts" no_vms_left || true
+  check "$name: no VM left on either host" no_vms_left
+  check "$name: no Machine, MicrovmMachine, KubeadmConfig, KubeadmControlPlane or MicrovmCluster left (no finalizer holds one)" \
+    sh -c "[ -z \"\$(\"$K/kubectl\" get machines,microvmmachines,kubeadmconfigs,kubeadmcontrolplanes,microvmclusters -l cluster.x-k8s.io/cluster-name=$name -o name 2>&1)\" ] && ! \"$K/kubectl\" get microvmcluster $name >/dev/null 2>&1"
+  info "delete → all gone: $(( $(date +%s) - t1 ))s; VMs on the hosts: $(vms_total)"
+}
+
 for flavor in $FLAVORS; do
   case $flavor in
+    nodes) run_nodes_flavor || { info "FAILED: the nodes flavor stopped (logs in $W)"; failures=$((failures + 1)); }; continue ;;
     static)
       name=e2e-static
       stage "flavor cluster-template.yaml: clusterctl generate cluster $name (1 control plane + 1 worker on host 127.0.0.1:$AGENT0)"

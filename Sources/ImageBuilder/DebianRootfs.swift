@@ -159,6 +159,14 @@ public struct DebianRootfs: Sendable {
             try write(root, file.path, file.content, mode: file.mode)
             if file.owner != "root:root" { try await chroot(root, ["chown", file.owner, file.path], what: "file \(file.path)") }
         }
+        if !recipe.images.isEmpty {
+            guard HostFiles.exists(try Self.hostPath(of: "/usr/bin/ctr", in: root)) else {
+                throw ImageBuildError("preloaded images need containerd in the image (package containerd): /usr/bin/ctr is missing")
+            }
+            let bytes = try PreloadedImages.write(recipe.images, into: root) { path, data, mode in try write(root, path, data, mode: mode) }
+            try await chroot(root, ["systemctl", "enable", PreloadedImages.unitName], what: "service \(PreloadedImages.unitName)")
+            progress("preloaded \(recipe.images.count) container images (\(bytes / 1_048_576) MiB) for containerd's k8s.io namespace")
+        }
         for service in recipe.enableServices {
             try await chroot(root, ["systemctl", "enable", service], what: "service \(service)")
         }

@@ -34,7 +34,9 @@ public enum RootfsPresets {
     public static func k8sNode(source: RootfsRecipe.PackageSource) -> RootfsRecipe {
         var r = cloud()
         r.title = "Liquid Metal Kubernetes node (Debian 12)"
-        r.packages += ["containerd", "kubelet", "kubeadm", "kubectl", "conntrack", "iptables", "socat", "ethtool", "linux-image-cloud-amd64"]
+        r.packages += ["containerd", "kubelet", "kubeadm", "kubectl", "conntrack", "iptables", "socat", "ethtool", "linux-image-cloud-amd64",
+                       // a control-plane address without kube-vip's image (the airgapped template's VRRP address)
+                       "keepalived"]
         r.sources = [source]
         r.files += [
             .init(path: "/etc/modules-load.d/kubernetes.conf", text: "overlay\nbr_netfilter\n"),
@@ -47,12 +49,16 @@ public enum RootfsPresets {
             .init(path: "/etc/containerd/config.toml", text: """
                 # Written by lmctl image build --preset k8s-node: the CRI plugin with systemd cgroups, as kubeadm expects;
                 # registry mirrors and CAs per registry under /etc/containerd/certs.d/<registry>/hosts.toml (the cluster
-                # templates write them); the sandbox image kubeadm v1.33 to v1.36 use.
+                # templates write them); the sandbox image kubeadm v1.33 to v1.36 use; CNI plugins where
+                # kubernetes-cni puts them (Debian's containerd would look in /usr/lib/cni).
                 version = 2
                 [plugins."io.containerd.grpc.v1.cri"]
                   sandbox_image = "registry.k8s.io/pause:3.10.2"
                 [plugins."io.containerd.grpc.v1.cri".registry]
                   config_path = "/etc/containerd/certs.d"
+                [plugins."io.containerd.grpc.v1.cri".cni]
+                  bin_dir = "/opt/cni/bin"
+                  conf_dir = "/etc/cni/net.d"
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
                   runtime_type = "io.containerd.runc.v2"
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -60,6 +66,11 @@ public enum RootfsPresets {
 
                 """),
             .init(path: "/etc/crictl.yaml", text: "runtime-endpoint: unix:///run/containerd/containerd.sock\n"),
+            .init(path: "/usr/local/sbin/lm-registry-mirror", text: NodeScripts.registryMirror, mode: 0o755),
+            .init(path: "/usr/local/sbin/lm-kubeadm-timeouts", text: NodeScripts.kubeadmTimeouts, mode: 0o755),
+            .init(path: "/usr/local/sbin/lm-control-plane-address", text: NodeScripts.controlPlaneAddress, mode: 0o755),
+            .init(path: "/usr/local/sbin/lm-bridge-cni", text: NodeScripts.bridgeCNI, mode: 0o755),
+            .init(path: "/etc/systemd/system/lm-bridge-cni.service", text: NodeScripts.bridgeCNIUnit),
         ]
         r.enableServices += ["containerd.service", "kubelet.service"]
         return r

@@ -29,6 +29,10 @@ import Yams
 /// services:
 ///   enable: [ssh]
 ///   disable: []
+/// images:                             # container images containerd has from first boot (needs containerd)
+///   - name: registry.k8s.io/pause:3.10.2
+///     layout: pause-layout            # an OCI image layout (relative to the recipe's directory)
+///     tag: "3.10.2"                   # its entry there; optional when it holds one image
 /// ```
 public struct RootfsRecipe: Sendable, Equatable {
     /// An extra apt source: a one-line `deb URI SUITE [COMPONENT...]` entry and the key that signs it.
@@ -53,6 +57,17 @@ public struct RootfsRecipe: Sendable, Equatable {
         public init(path: String, text: String, mode: UInt32 = 0o644) {
             self.init(path: path, content: Data(text.utf8), mode: mode)
         }
+    }
+
+    /// A container image copied into the tree for containerd (see `PreloadedImages`).
+    public struct PreloadImage: Sendable, Equatable {
+        /// The reference containerd knows it by, e.g. `registry.k8s.io/kube-apiserver:v1.36.2`.
+        public var name: String
+        /// An OCI image layout directory on this machine.
+        public var layout: String
+        /// Its entry in the layout (`org.opencontainers.image.ref.name`); nil when the layout holds one image.
+        public var tag: String?
+        public init(name: String, layout: String, tag: String? = nil) { self.name = name; self.layout = layout; self.tag = tag }
     }
 
     /// A user created with `useradd` (password locked).
@@ -81,6 +96,8 @@ public struct RootfsRecipe: Sendable, Equatable {
     public var users: [User] = []
     public var enableServices: [String] = []
     public var disableServices: [String] = []
+    /// Container images imported into containerd on first boot, so that nothing is pulled (air-gapped nodes).
+    public var images: [PreloadImage] = []
 
     public init(title: String) { self.title = title }
 
@@ -126,6 +143,11 @@ public struct RootfsRecipe: Sendable, Equatable {
             for k in u.sshAuthorizedKeys where k.contains("\n") || k.split(separator: " ").count < 2 {
                 throw ImageBuildError("recipe: user \(u.name): ssh_authorized_keys entry \"\(k.prefix(40))\" is not one \"TYPE KEY [COMMENT]\" line")
             }
+        }
+        var names = Set<String>()
+        for (i, image) in images.enumerated() {
+            try PreloadedImages.validate(image, field: "images[\(i)]")
+            guard names.insert(image.name).inserted else { throw ImageBuildError("recipe: image \(image.name) is listed twice") }
         }
         for s in enableServices + disableServices where !Self.matches(s, #"^[A-Za-z0-9@._:\\-]+$"#) {
             throw ImageBuildError("recipe: service \"\(s)\" is not a systemd unit name")
@@ -180,7 +202,7 @@ public struct RootfsRecipe: Sendable, Equatable {
         let node: Node?
         do { node = try Yams.compose(yaml: yaml) } catch { throw ImageBuildError("not valid YAML: \(error)") }
         guard let node else { throw ImageBuildError("the recipe is empty") }
-        let top = try Fields(node, "recipe", allowed: ["title", "suite", "mirror", "variant", "hostname", "docs", "packages", "sources", "files", "users", "services"])
+        let top = try Fields(node, "recipe", allowed: ["title", "suite", "mirror", "variant", "hostname", "docs", "packages", "sources", "files", "users", "services", "images"])
         var r = RootfsRecipe(title: try top.string("title") ?? defaultTitle)
         if let v = try top.string("suite") { r.suite = v }
         r.mirror = try top.string("mirror")
@@ -222,6 +244,11 @@ public struct RootfsRecipe: Sendable, Equatable {
             u.sshAuthorizedKeys = try f.strings("ssh_authorized_keys")
             r.users.append(u)
         }
+        for (i, item) in try top.list("images").enumerated() {
+            let f = try Fields(item, "images[\(i)]", allowed: ["name", "layout", "tag"])
+            guard let name = try f.string("name"), let layout = try f.string("layout") else { throw ImageBuildError("images[\(i)]: name and layout are required") }
+            r.images.append(PreloadImage(name: name, layout: resolve(layout), tag: try f.string("tag")))
+        }
         if let services = top.node("services") {
             let f = try Fields(services, "services", allowed: ["enable", "disable"])
             r.enableServices = try f.strings("enable")
@@ -258,6 +285,13 @@ public struct RootfsRecipe: Sendable, Equatable {
             }))))
         }
         top.append((s("services"), .mapping(.init([(s("enable"), list(enableServices)), (s("disable"), list(disableServices))]))))
+        if !images.isEmpty {
+            top.append((s("images"), .sequence(.init(images.map { image in
+                var m: [(Node, Node)] = [(s("name"), s(image.name)), (s("layout"), s(image.layout))]
+                if let t = image.tag { m.append((s("tag"), Node(t, Tag(.str), .doubleQuoted))) }
+                return .mapping(.init(m))
+            }))))
+        }
         return (try? Yams.serialize(node: .mapping(.init(top)))) ?? ""
     }
 

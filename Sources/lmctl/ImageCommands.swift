@@ -206,6 +206,11 @@ struct BuildRootfs: AsyncParsableCommand {
     var packageSourceKey: String?
     @Option(help: "Debian archive URL for cloud and k8s-node; it also replaces a recipe's own mirror. (default: the recipe's mirror, else the host's Debian apt sources)")
     var mirror: String?
+    @Option(name: .customLong("preload-image"), help: ArgumentHelp(
+        "NAME=DIR[:TAG]: a container image the image's containerd holds from first boot, copied from an OCI layout (repeatable).",
+        discussion: "For nodes that pull nothing (air-gapped): e.g. registry.k8s.io/pause:3.10.2=./pause-layout. Needs containerd in the image (k8s-node has it); imported into the k8s.io namespace by lm-preload-images.service before the kubelet starts.",
+        valueName: "NAME=DIR[:TAG]"))
+    var preloadImages: [String] = []
     @Flag(name: .customLong("print-recipe"), help: "Print the recipe the preset or file amounts to, then exit (no --tag or destination needed).")
     var printRecipe = false
     @OptionGroup var output: BuildOutputOptions
@@ -225,7 +230,7 @@ struct BuildRootfs: AsyncParsableCommand {
         do {
             switch (preset ?? (recipe == nil ? "minimal" : nil), recipe) {
             case ("minimal"?, _):
-                guard source == nil, mirror == nil else { throw ValidationError("--package-source and --mirror are for Debian root filesystems, not minimal") }
+                guard source == nil, mirror == nil, preloadImages.isEmpty else { throw ValidationError("--package-source, --mirror and --preload-image are for Debian root filesystems, not minimal") }
                 if printRecipe { print("minimal: busybox (not a Debian recipe)"); return }
                 try await output.run(.minimalRootfs)
                 return
@@ -238,6 +243,7 @@ struct BuildRootfs: AsyncParsableCommand {
             }
             if preset != "k8s-node", let source { r.sources.append(source) }
             if let mirror { r.mirror = mirror }
+            for flag in preloadImages { r.images.append(try PreloadedImages.parse(flag: flag)) }
             do { try r.validate() } catch let e as ImageBuildError where recipe != nil {
                 throw ImageBuildError("\(recipe ?? ""): \(e.description)")  // name the file, as parse errors do
             }

@@ -17,7 +17,7 @@ struct ClusterTemplateTests {
     static let values = [
         "CLUSTER_NAME": "edge", "CONTROL_PLANE_VIP": "192.168.10.50", "HOST_ENDPOINT": "192.168.10.2:9090", "KUBERNETES_VERSION": "v1.31.4",
         "MVM_ROOT_IMAGE": "registry.local/lm/k8s-node:1.31.4", "MVM_KERNEL_IMAGE": "registry.local/lm/kernel:6.1", "CONTROL_PLANE_MACHINE_COUNT": "3",
-        "WORKER_MACHINE_COUNT": "2",
+        "WORKER_MACHINE_COUNT": "2", "MVM_HOST_POOL": "edge",
     ]
 
     func text(_ file: String) throws -> String { try String(contentsOfFile: "\(Self.templates)/\(file)", encoding: .utf8) }
@@ -47,6 +47,56 @@ struct ClusterTemplateTests {
             #expect(try text("cluster-template-\(cni).yaml") == header + base + "---\n" + (try text("src/cni-\(cni).yaml")), "run scripts/build-templates.sh")
         }
         #expect(throws: Envsubst.Missing.self) { try Envsubst.substitute(try text("cluster-template.yaml"), [:]) }
+        // The airgapped flavor picks hosts by label too.
+        let airgapped = Set(Envsubst.variables(try text("cluster-template-airgapped.yaml")).filter { $0.defaultValue == nil }.map(\.name))
+        #expect(airgapped == Self.capmvmVariables.subtracting(["HOST_ENDPOINT"]).union(["MVM_HOST_POOL"]), "\(airgapped)")
+        #expect(try text("cluster-template-airgapped.yaml") == header + (try text("src/airgapped.yaml")), "run scripts/build-templates.sh")
+        // A variable used twice has one default.
+        for file in Self.flavors + ["cluster-template-airgapped.yaml"] {
+            let defaults = Dictionary(grouping: Envsubst.variables(try text(file)), by: \.name).mapValues { Set($0.map { $0.defaultValue ?? "" }) }
+            #expect(defaults.filter { $0.value.count > 1 }.isEmpty, "\(file): \(defaults.filter { $0.value.count > 1 })")
+        }
+    }
+
+    @Test("airgapped flavor: kubeadm's timeouts and phases, the registry mirror, keepalived address and bridge CNI commands, root disk size and host pool, defaults and overrides")
+    func airgapped() throws {
+        func find(_ objs: [[String: Any]], _ kind: String) throws -> [String: Any] { try #require(objs.first { $0["kind"] as? String == kind }, "\(kind)") }
+        func at(_ o: Any?, _ path: String...) -> Any? {
+            path.reduce(o) { ($0 as? [String: Any])?[$1] }
+        }
+        let objs = try objects("cluster-template-airgapped.yaml")
+        let kcp = try find(objs, "KubeadmControlPlane")
+        let spec = try #require(at(kcp, "spec", "kubeadmConfigSpec") as? [String: Any])
+        // Under TCG the control plane needs more than kubeadm's 4 minutes (and a join more than 5).
+        #expect(at(spec, "clusterConfiguration", "apiServer", "timeoutForControlPlane") as? String == "20m0s")
+        #expect(at(spec, "joinConfiguration", "discovery", "timeout") as? String == "20m0s")
+        #expect(at(spec, "initConfiguration", "skipPhases") as? [String] == ["addon/coredns"])
+        #expect(at(spec, "clusterConfiguration", "apiServer", "certSANs") as? [String] == ["192.168.10.50", "localhost", "127.0.0.1"])
+        #expect(spec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'", "lm-control-plane-address 192.168.10.50 51"])
+        #expect(spec["postKubeadmCommands"] as? [String] == ["systemctl enable --now lm-bridge-cni.service"])
+        #expect(spec["files"] == nil, "no kube-vip manifest")
+        let workers = try #require(at(try find(objs, "KubeadmConfigTemplate"), "spec", "template", "spec") as? [String: Any])
+        #expect(workers["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'"])
+        #expect(workers["postKubeadmCommands"] as? [String] == ["systemctl enable --now lm-bridge-cni.service"])
+        #expect(at(workers, "joinConfiguration", "discovery", "timeout") as? String == "20m0s")
+        let cluster = try JSONDecoder().decode(MicrovmCluster.self, from: JSONSerialization.data(withJSONObject: try find(objs, "MicrovmCluster")))
+        #expect(cluster.spec.placement.dynamicPool?.hostSelector == ["liquidmetal.io/pool": "edge"] && cluster.spec.placement.staticPool == nil)
+        let templates = try objs.filter { $0["kind"] as? String == "MicrovmMachineTemplate" }
+            .map { try JSONDecoder().decode(MicrovmMachineTemplate.self, from: JSONSerialization.data(withJSONObject: $0)) }
+        #expect(templates.count == 2 && templates.allSatisfy { $0.spec.template.spec.rootVolume.sizeMb == 8192 && $0.spec.template.spec.vcpu == 2 && $0.spec.template.spec.memoryMb == 2048 })
+
+        var values = Self.values
+        values["REGISTRY_MIRROR"] = "http://10.0.0.9:5000"
+        values["REGISTRY_MIRROR_CA_B64"] = "LS0tLS1CRUdJTg=="
+        values["KUBEADM_TIMEOUT"] = "45m0s"
+        values["ROOT_SIZE_MB"] = "16384"
+        values["VRRP_ROUTER_ID"] = "77"
+        let custom = try objects("cluster-template-airgapped.yaml", values)
+        let cspec = try #require(at(try find(custom, "KubeadmControlPlane"), "spec", "kubeadmConfigSpec") as? [String: Any])
+        #expect(cspec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 45m0s", "lm-registry-mirror 'http://10.0.0.9:5000' 'LS0tLS1CRUdJTg=='", "lm-control-plane-address 192.168.10.50 77"])
+        #expect(at(cspec, "clusterConfiguration", "apiServer", "timeoutForControlPlane") as? String == "45m0s")
+        #expect(at(try find(custom, "KubeadmConfigTemplate"), "spec", "template", "spec", "joinConfiguration", "discovery", "timeout") as? String == "45m0s")
+        #expect(custom.filter { $0["kind"] as? String == "MicrovmMachineTemplate" }.allSatisfy { at($0, "spec", "template", "spec", "rootVolume", "sizeMb") as? Int == 16384 })
     }
 
     @Test("every object of every template is valid against its CRD schema, with the variables set")
@@ -54,7 +104,7 @@ struct ClusterTemplateTests {
         let validator = try SchemaValidator.project()
         var values = Self.values
         values["MVM_HOST_POOL"] = "edge"
-        for file in Self.flavors + ["cluster-template-topology.yaml", "clusterclass-microvm.yaml"] {
+        for file in Self.flavors + ["cluster-template-airgapped.yaml", "cluster-template-topology.yaml", "clusterclass-microvm.yaml"] {
             for o in try objects(file, values) {
                 let kind = o["kind"] as? String ?? "", name = (o["metadata"] as? [String: Any])?["name"] as? String ?? ""
                 if o["apiVersion"] as? String == "v1" {
@@ -69,7 +119,7 @@ struct ClusterTemplateTests {
 
     @Test("inside each template the references resolve, the ClusterResourceSet selects the Cluster, the CNI manifests parse, flannel's network is the pod CIDR, and the kubelet's provider-id is capmvm's providerID")
     func coherence() throws {
-        for file in Self.flavors {
+        for file in Self.flavors + ["cluster-template-airgapped.yaml"] {
             let objs = try objects(file)
             func find(_ kind: String, _ name: String) -> [String: Any]? {
                 objs.first { $0["kind"] as? String == kind && ($0["metadata"] as? [String: Any])?["name"] as? String == name }
