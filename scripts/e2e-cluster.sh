@@ -419,10 +419,13 @@ run_nodes_flavor() {
   done
   info "built $(( ${#preload[@]} / 2 )) images to preload: $(ls "$W/images" | tr '\n' ' ')"
   local t_img; t_img=$(date +%s)
+  # A tag of this run's own: an agent uses the image containerd already has under a tag (as Flintlock does),
+  # so a tag pushed again by an earlier run would not be pulled again.
+  local node_image=$LM_REGISTRY/lm-e2e/k8s-node:$KVER-$t_img
   "$lmctl" image build rootfs --preset k8s-node --package-source "deb http://127.0.0.1:28123/ /" --package-source-key "$W/k8s-repo/Release.key" \
-    "${preload[@]}" --tag "$LM_REGISTRY/lm-e2e/k8s-node:$KVER" --push --cache-dir /var/cache/liquidmetal > "$W/image-k8s-node.log" 2>&1 \
+    "${preload[@]}" --tag "$node_image" --push --cache-dir /var/cache/liquidmetal > "$W/image-k8s-node.log" 2>&1 \
     || { tail -20 "$W/image-k8s-node.log"; return 1; }
-  info "node image $LM_REGISTRY/lm-e2e/k8s-node:$KVER pushed in $(( $(date +%s) - t_img ))s: $(grep -m1 -o 'preloaded [0-9]* container images ([0-9]* MiB)' "$W/image-k8s-node.log" || true)"
+  info "node image $node_image pushed in $(( $(date +%s) - t_img ))s: $(grep -m1 -o 'preloaded [0-9]* container images ([0-9]* MiB)' "$W/image-k8s-node.log" || true)"
 
   stage "nodes: MicrovmHosts of pool e2e-nodes (control planes only on host 0, whose bridge holds the control plane's address)"
   kubectl delete microvmhosts --all >/dev/null 2>&1 || true
@@ -435,7 +438,7 @@ metadata: {name: e2e-nodes-host-$i, namespace: default, labels: {liquidmetal.io/
 spec: {endpoint: "127.0.0.1:$((AGENT0 + i))", failureDomain: "fd-$i", controlplaneAllowed: $([ $i = 0 ] && echo true || echo false)}
 EOF
   done
-  CONTROL_PLANE_VIP=10.99.70.250 MVM_HOST_POOL=e2e-nodes MVM_ROOT_IMAGE=$LM_REGISTRY/lm-e2e/k8s-node:$KVER \
+  CONTROL_PLANE_VIP=10.99.70.250 MVM_HOST_POOL=e2e-nodes MVM_ROOT_IMAGE=$node_image \
     CONTROL_PLANE_VCPU=2 WORKER_VCPU=2 CONTROL_PLANE_MEMORY_MB=2048 WORKER_MEMORY_MB=2048 \
     "$C/clusterctl" generate cluster $name --from templates/cluster-template-airgapped.yaml --kubeconfig "$W/admin.kubeconfig" > "$W/$name.yaml"
   info "clusterctl generate cluster $name --from templates/cluster-template-airgapped.yaml: 1 control plane + 1 worker, 2 vCPUs and 2048 MiB each"

@@ -148,8 +148,8 @@ enum NodeScripts {
         while :; do
           if [ -z "$rbac_done" ] && [ -f /etc/kubernetes/admin.conf ] && [ -f /etc/kubernetes/manifests/kube-apiserver.yaml ]; then
             a="kubectl --kubeconfig /etc/kubernetes/admin.conf"
-            { $a get clusterrole lm-bridge-cni >/dev/null 2>&1 || $a create clusterrole lm-bridge-cni --verb=get,list --resource=nodes; } &&
-            { $a get clusterrolebinding lm-bridge-cni >/dev/null 2>&1 || $a create clusterrolebinding lm-bridge-cni --clusterrole=lm-bridge-cni --group=system:nodes; } &&
+            { $a get clusterrole lm-bridge-cni >/dev/null 2>&1 || $a create clusterrole lm-bridge-cni --verb=get,list --resource=nodes >/dev/null 2>&1; } &&
+            { $a get clusterrolebinding lm-bridge-cni >/dev/null 2>&1 || $a create clusterrolebinding lm-bridge-cni --clusterrole=lm-bridge-cni --group=system:nodes >/dev/null 2>&1; } &&
             rbac_done=1 && echo "lm-bridge-cni: nodes may list nodes (ClusterRole lm-bridge-cni)"
           fi
           mine=$(ip -o -4 addr show | awk '{split($4, a, "/"); print a[1]}')

@@ -115,8 +115,11 @@ struct ImageBuildEndToEndTests {
         let repo = try await KubernetesRepositoryDouble.start(in: "\(dir)/repo")
         defer { repo.stop() }
         let node = "\(env.registry)/lm-built/k8s-node:\(tag)", kernel = "\(env.registry)/lm-built/kernel:\(tag)"
+        // An image preloaded for containerd (air-gapped nodes): the test's root fixture, under a registry.k8s.io name.
+        let preloaded = "registry.k8s.io/lm-test/preloaded:v1"
         let out = try await lmctl(["image", "build", "rootfs", "--preset", "k8s-node", "--package-source", repo.sourceLine,
-                                   "--package-source-key", repo.keyFile, "--tag", node, "--output", "oci-layout:\(dir)/layout"])
+                                   "--package-source-key", repo.keyFile, "--preload-image", "\(preloaded)=\(FixtureImages.layoutRoot)/root:latest",
+                                   "--tag", node, "--output", "oci-layout:\(dir)/layout"])
         #expect(digest(out).hasPrefix("sha256:"))
 
         let layer = try layerPath(layout: "\(dir)/layout")
@@ -125,7 +128,10 @@ struct ImageBuildEndToEndTests {
                      "usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf",
                      "etc/systemd/system/multi-user.target.wants/kubelet.service", "etc/systemd/system/multi-user.target.wants/containerd.service",
                      "etc/containerd/config.toml", "etc/sysctl.d/90-kubernetes.conf", "etc/modules-load.d/kubernetes.conf", "etc/crictl.yaml",
-                     "etc/apt/keyrings/liquidmetal-source-0.asc"] {
+                     "etc/apt/keyrings/liquidmetal-source-0.asc", "usr/sbin/keepalived", "usr/local/sbin/lm-kubeadm-timeouts",
+                     "usr/local/sbin/lm-registry-mirror", "usr/local/sbin/lm-control-plane-address", "usr/local/sbin/lm-bridge-cni",
+                     "etc/systemd/system/lm-bridge-cni.service", "usr/local/sbin/lm-preload-images",
+                     "etc/systemd/system/multi-user.target.wants/lm-preload-images.service", "var/lib/liquidmetal/images/00/index.json"] {
             #expect(listing.contains(path), "\(path) in the k8s-node image")
         }
         for module in ["overlay.ko", "br_netfilter.ko", "nf_conntrack.ko"] {
@@ -159,6 +165,7 @@ struct ImageBuildEndToEndTests {
                     #cloud-config
                     runcmd:
                     - [sh, -c, 'echo LM-ROOT-SIZE $(df -m --output=size / | tail -1)']
+                    - [sh, -c, 'echo LM-PRELOADED $(ctr --namespace k8s.io images ls -q | tr "\\n" " ")']
 
                     """.utf8).base64EncodedString(), "meta-data": Data("instance-id: k8s-node\n".utf8).base64EncodedString()]
             })
@@ -178,7 +185,19 @@ struct ImageBuildEndToEndTests {
             // (with colour codes, and the unit name shortened to fit the console).
             let started = text.split(separator: "\n").filter { $0.contains("] Started ") }
             #expect(started.contains { $0.contains("containerd container runtime") }, "containerd runs: \(text.suffix(3000))")
-            #expect(started.contains { $0.contains("The Kubernetes Node Agent") }, "kubelet's unit is enabled and starts")
+            // The preloaded image is in containerd's k8s.io namespace before cloud-init's commands run.
+            let listed = try await waitForConsole(client, uid: vm.spec.uid, marker: "LM-PRELOADED", timeout: .seconds(120))
+            #expect(listed.contains("lm-preload-images: 1 images imported"), "\(listed.suffix(3000))")
+            #expect(listed.split(separator: "\n").contains { $0.contains("LM-PRELOADED") && $0.contains(preloaded) }, "\(listed.suffix(2000))")
+            // kubelet's unit is enabled and starts (after the import, alongside cloud-init's commands).
+            let deadline = ContinuousClock.now + .seconds(120)
+            var kubeletStarted = false
+            while !kubeletStarted && ContinuousClock.now < deadline {
+                kubeletStarted = try await console(client, uid: vm.spec.uid).split(separator: "\n")
+                    .contains { $0.contains("] Started ") && $0.contains("The Kubernetes Node Agent") }
+                if !kubeletStarted { try await Task.sleep(for: .seconds(2)) }
+            }
+            #expect(kubeletStarted, "kubelet's unit is enabled and starts")
         }
     }
 
