@@ -27,8 +27,7 @@ struct NodeScriptsTests {
         }
         #expect(try file("/etc/systemd/system/lm-bridge-cni.service").contains("ExecStart=/usr/local/sbin/lm-bridge-cni"))
         for script in ["lm-kubeadm-timeouts", "lm-registry-mirror", "lm-control-plane-address", "lm-bridge-cni"] {
-            let dir = NSTemporaryDirectory() + "lm-script-\(UUID().uuidString.prefix(6))"
-            try HostFiles.createDirectory(dir)
+            let dir = try makeTemporaryDirectory("lm-script")
             defer { try? HostFiles.remove(dir) }
             try Data(try file("/usr/local/sbin/\(script)").utf8).write(to: URL(fileURLWithPath: "\(dir)/s"))
             let (status, out) = try await HostProcess.runCapturing(["sh", "-n", "\(dir)/s"])
@@ -38,8 +37,7 @@ struct NodeScriptsTests {
 
     @Test("lm-registry-mirror writes containerd hosts.toml per registry: plain HTTP, HTTPS with a CA, none")
     func registryMirror() async throws {
-        let dir = NSTemporaryDirectory() + "lm-mirror-\(UUID().uuidString.prefix(6))"
-        try HostFiles.createDirectory(dir)
+        let dir = try makeTemporaryDirectory("lm-mirror")
         defer { try? HostFiles.remove(dir) }
         try Data(try file("/usr/local/sbin/lm-registry-mirror").utf8).write(to: URL(fileURLWithPath: "\(dir)/lm-registry-mirror"))
         func run(_ args: String...) async throws -> String {
@@ -104,8 +102,7 @@ struct NodeScriptsTests {
 
     @Test("lm-kubeadm-timeouts sets all six v1beta4 timeouts in Cluster API's init and join configurations, keeps the rest, leaves v1beta3 alone")
     func kubeadmTimeouts() async throws {
-        let dir = NSTemporaryDirectory() + "lm-timeouts-\(UUID().uuidString.prefix(6))"
-        try HostFiles.createDirectory(dir)
+        let dir = try makeTemporaryDirectory("lm-timeouts")
         defer { try? HostFiles.remove(dir) }
         try Data(try file("/usr/local/sbin/lm-kubeadm-timeouts").utf8).write(to: URL(fileURLWithPath: "\(dir)/lm-kubeadm-timeouts"))
         let join = """

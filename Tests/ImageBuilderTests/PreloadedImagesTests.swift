@@ -6,11 +6,7 @@ import TestSupport
 
 @Suite("Preloaded container images (air-gapped nodes)")
 struct PreloadedImagesTests {
-    func tempDir() throws -> String {
-        let dir = "\(NSTemporaryDirectory())lm-preload-\(UUID().uuidString.prefix(8))"
-        try HostFiles.createDirectory(dir)
-        return dir
-    }
+    func tempDir() throws -> String { try makeTemporaryDirectory("lm-preload") }
 
     @Test("--preload-image NAME=DIR[:TAG] and NAME=oci-layout:DIR parse; a flag without NAME= is refused with an example")
     func flags() throws {

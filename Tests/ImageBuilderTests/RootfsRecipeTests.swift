@@ -5,11 +5,7 @@ import Testing
 
 @Suite("Root filesystem recipes")
 struct RootfsRecipeTests {
-    func tempDir() throws -> String {
-        let dir = "\(NSTemporaryDirectory())lm-recipe-\(UUID().uuidString.prefix(8))"
-        try HostFiles.createDirectory(dir)
-        return dir
-    }
+    func tempDir() throws -> String { try makeTemporaryDirectory("lm-recipe") }
 
     @Test("a full recipe parses: files from content and from a source file, users, services, sources with keys")
     func parsesFullRecipe() throws {
