@@ -385,6 +385,18 @@ qemu_rss_mib() {  # the RSS of the QEMU of VM UID
   local pid; pid=$(pgrep -f "qemu-system.*$1" | head -1)
   if [ -n "$pid" ]; then ps -o rss= -p "$pid" | awk '{printf "%.0f", $1/1024}'; else echo "?"; fi
 }
+qemu_cpu() {  # "CPU s over its life (share of one core)" of the QEMU of VM UID
+  local pid; pid=$(pgrep -f "qemu-system.*$1" | head -1)
+  [ -n "$pid" ] || { echo "?"; return; }
+  awk -v hz="$(getconf CLK_TCK)" -v up="$(cut -d' ' -f1 /proc/uptime)" '{ cpu = ($14 + $15) / hz; life = up - $22 / hz;
+    printf "%.0f CPU s in %.0f s (%.0f%% of a core)", cpu, life, 100 * cpu / life }' "/proc/$pid/stat"
+}
+save_consoles() {  # every VM's console, into $W/console-PORT-UID.log
+  local port uid
+  for port in $AGENT0 $AGENT1; do
+    for uid in $(vm_uids 127.0.0.1:$port); do "$lmctl" logs --host 127.0.0.1:$port "$uid" > "$W/console-$port-$uid.log" 2>&1 || true; done
+  done
+}
 
 run_nodes_flavor() {
   local name=e2e-nodes
@@ -465,7 +477,7 @@ EOF
   stage "nodes: scale the MachineDeployment to 2"
   local t1; t1=$(date +%s)
   kubectl scale machinedeployment $name-md-0 --replicas=2 >/dev/null
-  wait_for 1500 "3 nodes Ready" nodes_ready $name 3 || failures=$((failures + 1))
+  wait_for "${LM_E2E_SCALE_TIMEOUT:-2400}" "3 nodes Ready" nodes_ready $name 3 || failures=$((failures + 1))
   local t_scale=$(( $(date +%s) - t1 ))
   check "$name: 3 nodes Ready, each with its Machine's providerID" verify_nodes $name 3
   wl $name get nodes -o wide 2>&1 | sed 's/^/         /'
@@ -479,8 +491,11 @@ EOF
   local m host uid
   for m in $("$K/kubectl" get machines -l cluster.x-k8s.io/cluster-name=$name -o jsonpath='{.items[*].metadata.name}'); do
     read -r host uid <<< "$(vm_of_machine "$m")"
-    info "$m on $host: QEMU RSS $(qemu_rss_mib "$uid") MiB (guest 2048 MiB); $(guest_times "$host" "$uid")"
+    info "$m on $host: QEMU RSS $(qemu_rss_mib "$uid") MiB (guest 2048 MiB), $(qemu_cpu "$uid"); $(guest_times "$host" "$uid")"
   done
+  info "host load average: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+  save_consoles
+  info "the VMs' consoles: $W/console-*.log"
   kill $sampler 2>/dev/null || true
   local n
   for n in capmvm agent0 agent1; do
@@ -500,7 +515,7 @@ EOF
 
 for flavor in $FLAVORS; do
   case $flavor in
-    nodes) run_nodes_flavor || { info "FAILED: the nodes flavor stopped (logs in $W)"; failures=$((failures + 1)); }; continue ;;
+    nodes) run_nodes_flavor || { save_consoles; info "FAILED: the nodes flavor stopped (logs and the VMs' consoles in $W)"; failures=$((failures + 1)); }; continue ;;
     static)
       name=e2e-static
       stage "flavor cluster-template.yaml: clusterctl generate cluster $name (1 control plane + 1 worker on host 127.0.0.1:$AGENT0)"

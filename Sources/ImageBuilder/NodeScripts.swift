@@ -146,6 +146,9 @@ enum NodeScripts {
         k() { kubectl --kubeconfig "$kc" "$@"; }
         rbac_done=
         while :; do
+          # Started before kubeadm (cluster templates do, so that the node is Ready as soon as it has a podCIDR):
+          # nothing to ask until kubeadm has written the kubelet's kubeconfig.
+          [ -f "$kc" ] || { sleep 5; continue; }
           if [ -z "$rbac_done" ] && [ -f /etc/kubernetes/admin.conf ] && [ -f /etc/kubernetes/manifests/kube-apiserver.yaml ]; then
             a="kubectl --kubeconfig /etc/kubernetes/admin.conf"
             { $a get clusterrole lm-bridge-cni >/dev/null 2>&1 || $a create clusterrole lm-bridge-cni --verb=get,list --resource=nodes >/dev/null 2>&1; } &&
@@ -178,7 +181,12 @@ enum NodeScripts {
                 echo "$cidr $address" >> /run/lm-bridge-cni.routes && echo "lm-bridge-cni: pods of node $name ($cidr) via $address"
             fi
           done < /run/lm-bridge-cni.nodes
-          sleep 10
+          # Every kubectl costs a TCG guest seconds of CPU: poll often only until this node has its pod network.
+          if [ -f "$conf" ] && { [ -n "$rbac_done" ] || [ ! -f /etc/kubernetes/manifests/kube-apiserver.yaml ]; }; then
+            sleep 30
+          else
+            sleep 10
+          fi
         done
         """#
 

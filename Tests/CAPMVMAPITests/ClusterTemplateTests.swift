@@ -72,12 +72,25 @@ struct ClusterTemplateTests {
         #expect(at(spec, "joinConfiguration", "discovery", "timeout") as? String == "20m0s")
         #expect(at(spec, "initConfiguration", "skipPhases") as? [String] == ["addon/coredns"])
         #expect(at(spec, "clusterConfiguration", "apiServer", "certSANs") as? [String] == ["192.168.10.50", "localhost", "127.0.0.1"])
-        #expect(spec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'", "lm-control-plane-address 192.168.10.50 51"])
-        #expect(spec["postKubeadmCommands"] as? [String] == ["systemctl enable --now lm-bridge-cni.service"])
-        #expect(spec["files"] == nil, "no kube-vip manifest")
+        #expect(spec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'", "lm-control-plane-address 192.168.10.50 51",
+                                                        "systemctl enable --now --no-block lm-bridge-cni.service"])
+        #expect(spec["postKubeadmCommands"] == nil)
+        // No kube-vip manifest; kubeadm patches that give the control plane's static pods TCG-sized probes.
+        let files = try #require(spec["files"] as? [[String: Any]])
+        #expect(files.compactMap { $0["path"] as? String } == ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]
+            .map { "/etc/kubernetes/patches/\($0)0+strategic.yaml" })
+        for file in files {
+            let patch = try #require(try Yams.load(yaml: file["content"] as? String ?? "") as? [String: Any], "\(file)")
+            let container = try #require((at(patch, "spec", "containers") as? [[String: Any]])?.first)
+            #expect((file["path"] as? String)?.hasSuffix("/\(container["name"] as? String ?? "-")0+strategic.yaml") == true, "\(file)")
+            #expect(at(container, "livenessProbe", "failureThreshold") as? Int == 30 && at(container, "startupProbe", "failureThreshold") as? Int == 120)
+        }
+        #expect(at(spec, "initConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
+        #expect(at(spec, "joinConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
         let workers = try #require(at(try find(objs, "KubeadmConfigTemplate"), "spec", "template", "spec") as? [String: Any])
-        #expect(workers["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'"])
-        #expect(workers["postKubeadmCommands"] as? [String] == ["systemctl enable --now lm-bridge-cni.service"])
+        #expect(workers["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'",
+                                                             "systemctl enable --now --no-block lm-bridge-cni.service"])
+        #expect(workers["postKubeadmCommands"] == nil)
         #expect(at(workers, "joinConfiguration", "discovery", "timeout") as? String == "20m0s")
         let cluster = try JSONDecoder().decode(MicrovmCluster.self, from: JSONSerialization.data(withJSONObject: try find(objs, "MicrovmCluster")))
         #expect(cluster.spec.placement.dynamicPool?.hostSelector == ["liquidmetal.io/pool": "edge"] && cluster.spec.placement.staticPool == nil)
@@ -93,7 +106,8 @@ struct ClusterTemplateTests {
         values["VRRP_ROUTER_ID"] = "77"
         let custom = try objects("cluster-template-airgapped.yaml", values)
         let cspec = try #require(at(try find(custom, "KubeadmControlPlane"), "spec", "kubeadmConfigSpec") as? [String: Any])
-        #expect(cspec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 45m0s", "lm-registry-mirror 'http://10.0.0.9:5000' 'LS0tLS1CRUdJTg=='", "lm-control-plane-address 192.168.10.50 77"])
+        #expect(cspec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 45m0s", "lm-registry-mirror 'http://10.0.0.9:5000' 'LS0tLS1CRUdJTg=='", "lm-control-plane-address 192.168.10.50 77",
+                                                         "systemctl enable --now --no-block lm-bridge-cni.service"])
         #expect(at(cspec, "clusterConfiguration", "apiServer", "timeoutForControlPlane") as? String == "45m0s")
         #expect(at(try find(custom, "KubeadmConfigTemplate"), "spec", "template", "spec", "joinConfiguration", "discovery", "timeout") as? String == "45m0s")
         #expect(custom.filter { $0["kind"] as? String == "MicrovmMachineTemplate" }.allSatisfy { at($0, "spec", "template", "spec", "rootVolume", "sizeMb") as? Int == 16384 })

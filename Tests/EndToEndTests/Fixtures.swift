@@ -45,6 +45,11 @@ func waitForConsole(_ client: AgentClient, uid: String, marker: String, timeout:
     throw TestEnvironmentError("marker \(marker) did not appear on \(uid)'s console within \(timeout); console ends: \(String(try await console(client, uid: uid).suffix(1500)))")
 }
 
+/// A serial console's lines: it ends them with CR LF, which Swift reads as one Character, so `split(separator: "\n")` would not split them.
+func consoleLines(_ text: String) -> [Substring] {
+    text.split(whereSeparator: \.isNewline)
+}
+
 func console(_ client: AgentClient, uid: String) async throws -> String {
     let box = Collected()
     try await client.consoleLog(uid: uid) { data in
