@@ -85,6 +85,12 @@ struct ClusterTemplateTests {
             #expect((file["path"] as? String)?.hasSuffix("/\(container["name"] as? String ?? "-")0+strategic.yaml") == true, "\(file)")
             #expect(at(container, "livenessProbe", "failureThreshold") as? Int == 30 && at(container, "startupProbe", "failureThreshold") as? Int == 120)
         }
+        // Health checks and leader election sized for TCG (the defaults restart a working control plane).
+        #expect(at(spec, "clusterConfiguration", "apiServer", "extraArgs") as? [String: String] == ["etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeout": "30s"])
+        for component in ["controllerManager", "scheduler"] {
+            #expect(at(spec, "clusterConfiguration", component, "extraArgs") as? [String: String]
+                == ["leader-elect-lease-duration": "60s", "leader-elect-renew-deadline": "45s", "leader-elect-retry-period": "10s"], "\(component)")
+        }
         #expect(at(spec, "initConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
         #expect(at(spec, "joinConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
         let workers = try #require(at(try find(objs, "KubeadmConfigTemplate"), "spec", "template", "spec") as? [String: Any])
