@@ -450,7 +450,8 @@ metadata: {name: e2e-nodes-host-$i, namespace: default, labels: {liquidmetal.io/
 spec: {endpoint: "127.0.0.1:$((AGENT0 + i))", failureDomain: "fd-$i", controlplaneAllowed: $([ $i = 0 ] && echo true || echo false)}
 EOF
   done
-  CONTROL_PLANE_VIP=10.99.70.250 MVM_HOST_POOL=e2e-nodes MVM_ROOT_IMAGE=$node_image \
+  # One control plane: no leader election (under TCG the controller manager's start starves its lease renewals).
+  CONTROL_PLANE_VIP=10.99.70.250 MVM_HOST_POOL=e2e-nodes MVM_ROOT_IMAGE=$node_image CONTROL_PLANE_LEADER_ELECT=false \
     CONTROL_PLANE_VCPU=2 WORKER_VCPU=2 CONTROL_PLANE_MEMORY_MB=2048 WORKER_MEMORY_MB=2048 \
     "$C/clusterctl" generate cluster $name --from templates/cluster-template-airgapped.yaml --kubeconfig "$W/admin.kubeconfig" > "$W/$name.yaml"
   info "clusterctl generate cluster $name --from templates/cluster-template-airgapped.yaml: 1 control plane + 1 worker, 2 vCPUs and 2048 MiB each"

@@ -89,7 +89,7 @@ struct ClusterTemplateTests {
         #expect(at(spec, "clusterConfiguration", "apiServer", "extraArgs") as? [String: String] == ["etcd-healthcheck-timeout": "30s", "etcd-readycheck-timeout": "30s"])
         for component in ["controllerManager", "scheduler"] {
             #expect(at(spec, "clusterConfiguration", component, "extraArgs") as? [String: String]
-                == ["leader-elect-lease-duration": "60s", "leader-elect-renew-deadline": "45s", "leader-elect-retry-period": "10s"], "\(component)")
+                == ["leader-elect": "true", "leader-elect-lease-duration": "60s", "leader-elect-renew-deadline": "45s", "leader-elect-retry-period": "10s"], "\(component)")
         }
         #expect(at(spec, "initConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
         #expect(at(spec, "joinConfiguration", "patches", "directory") as? String == "/etc/kubernetes/patches")
@@ -110,11 +110,14 @@ struct ClusterTemplateTests {
         values["KUBEADM_TIMEOUT"] = "45m0s"
         values["ROOT_SIZE_MB"] = "16384"
         values["VRRP_ROUTER_ID"] = "77"
+        values["CONTROL_PLANE_LEADER_ELECT"] = "false"
         let custom = try objects("cluster-template-airgapped.yaml", values)
         let cspec = try #require(at(try find(custom, "KubeadmControlPlane"), "spec", "kubeadmConfigSpec") as? [String: Any])
         #expect(cspec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 45m0s", "lm-registry-mirror 'http://10.0.0.9:5000' 'LS0tLS1CRUdJTg=='", "lm-control-plane-address 192.168.10.50 77",
                                                          "systemctl enable --now --no-block lm-bridge-cni.service"])
         #expect(at(cspec, "clusterConfiguration", "apiServer", "timeoutForControlPlane") as? String == "45m0s")
+        #expect(at(cspec, "clusterConfiguration", "controllerManager", "extraArgs", "leader-elect") as? String == "false")
+        #expect(at(cspec, "clusterConfiguration", "scheduler", "extraArgs", "leader-elect") as? String == "false")
         #expect(at(try find(custom, "KubeadmConfigTemplate"), "spec", "template", "spec", "joinConfiguration", "discovery", "timeout") as? String == "45m0s")
         #expect(custom.filter { $0["kind"] as? String == "MicrovmMachineTemplate" }.allSatisfy { at($0, "spec", "template", "spec", "rootVolume", "sizeMb") as? Int == 16384 })
     }
