@@ -36,7 +36,8 @@
 #   LM_CAPI_SRC  Cluster API's source tree (its CRDs and webhook manifests)
 #   LM_CNI_BIN   (nodes) CNI plugins (bridge, host-local, portmap, loopback...), version LM_CNI_VERSION (1.9.1)
 # Optional: LM_E2E_DIR, LM_E2E_KEEP=1 (leave everything running at the end), LM_E2E_FLAVORS
-#   ("static topology nodes", the default, or some of them), KUBERNETES_VERSION (v1.36.2).
+#   ("static topology nodes", the default, or some of them), KUBERNETES_VERSION (v1.36.2),
+#   LM_E2E_SCALE_TIMEOUT (2400: seconds for the third node to be Ready after the scale).
 # Runs as root (containerd, TAP devices, bridges).
 set -euo pipefail
 cd "$(dirname "$0")/.."
