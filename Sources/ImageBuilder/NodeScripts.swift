@@ -127,6 +127,44 @@ enum NodeScripts {
         fi
         """#
 
+    /// `lm-kubeadm-retry [ATTEMPTS] [PAUSE]` (a postKubeadmCommand): Cluster API's bootstrap runs `kubeadm join` once, and
+    /// one API call that outlasts one of kubeadm's fixed request timeouts (10 s; under TCG a busy control plane takes
+    /// longer) fails the join for good. When Cluster API's success sentinel is missing, this resets what the
+    /// attempt left and joins again, with the same configuration, up to ATTEMPTS (5) times PAUSE (30) seconds apart.
+    static let kubeadmRetry = #"""
+        #!/bin/sh
+        # lm-kubeadm-retry [ATTEMPTS] [PAUSE]  (written by lmctl image build --preset k8s-node; a postKubeadmCommand)
+        # Cluster API runs "kubeadm join --config /run/kubeadm/kubeadm-join-config.yaml && echo success >
+        # /run/cluster-api/bootstrap-success.complete" once; cloud-init goes on to the next command either way. When
+        # that sentinel is missing, this runs "kubeadm reset -f" and the same join again, up to ATTEMPTS (5) times,
+        # PAUSE (30) seconds apart, and writes the sentinel when one succeeds. Nothing to do after a success or
+        # for kubeadm init (no join configuration). LM_KUBEADM, LM_KUBEADM_RUN, LM_CLUSTER_API_RUN: tests.
+        set -u
+        attempts=${1:-5} pause=${2:-30}
+        kubeadm=${LM_KUBEADM:-kubeadm}
+        sentinel=${LM_CLUSTER_API_RUN:-/run/cluster-api}/bootstrap-success.complete
+        config=${LM_KUBEADM_RUN:-/run/kubeadm}/kubeadm-join-config.yaml
+        [ -f "$sentinel" ] && exit 0
+        if [ ! -f "$config" ]; then
+          echo "lm-kubeadm-retry: kubeadm failed and there is no $config (kubeadm init is not retried)" >&2
+          exit 1
+        fi
+        i=1
+        while [ "$i" -le "$attempts" ]; do
+          echo "lm-kubeadm-retry: kubeadm join did not succeed; attempt $i of $attempts in ${pause}s"
+          sleep "$pause"
+          $kubeadm reset -f >/dev/null 2>&1 || :
+          if $kubeadm join --config "$config"; then
+            mkdir -p "$(dirname "$sentinel")" && echo success > "$sentinel"
+            echo "lm-kubeadm-retry: joined on attempt $i"
+            exit 0
+          fi
+          i=$((i + 1))
+        done
+        echo "lm-kubeadm-retry: kubeadm join failed $attempts more times; giving up" >&2
+        exit 1
+        """#
+
     /// `lm-bridge-cni`: the pod network of CNI's bridge plugin (kubernetes-cni's, in /opt/cni/bin), for clusters
     /// whose nodes share a network: writes /etc/cni/net.d/10-lm-bridge.conflist with this node's podCIDR (the
     /// kubelet then reports the node Ready) and keeps routes to the other nodes' pod CIDRs via their InternalIP

@@ -69,6 +69,7 @@ public enum RootfsPresets {
             .init(path: "/usr/local/sbin/lm-registry-mirror", text: NodeScripts.registryMirror, mode: 0o755),
             .init(path: "/usr/local/sbin/lm-kubeadm-timeouts", text: NodeScripts.kubeadmTimeouts, mode: 0o755),
             .init(path: "/usr/local/sbin/lm-control-plane-address", text: NodeScripts.controlPlaneAddress, mode: 0o755),
+            .init(path: "/usr/local/sbin/lm-kubeadm-retry", text: NodeScripts.kubeadmRetry, mode: 0o755),
             .init(path: "/usr/local/sbin/lm-bridge-cni", text: NodeScripts.bridgeCNI, mode: 0o755),
             .init(path: "/etc/systemd/system/lm-bridge-cni.service", text: NodeScripts.bridgeCNIUnit),
         ]

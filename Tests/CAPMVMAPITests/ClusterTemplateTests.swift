@@ -74,7 +74,7 @@ struct ClusterTemplateTests {
         #expect(at(spec, "clusterConfiguration", "apiServer", "certSANs") as? [String] == ["192.168.10.50", "localhost", "127.0.0.1"])
         #expect(spec["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'", "lm-control-plane-address 192.168.10.50 51",
                                                         "systemctl enable --now --no-block lm-bridge-cni.service"])
-        #expect(spec["postKubeadmCommands"] == nil)
+        #expect(spec["postKubeadmCommands"] as? [String] == ["lm-kubeadm-retry 5 30"])
         // No kube-vip manifest; kubeadm patches that give the control plane's static pods TCG-sized probes.
         let files = try #require(spec["files"] as? [[String: Any]])
         #expect(files.compactMap { $0["path"] as? String } == ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]
@@ -96,7 +96,7 @@ struct ClusterTemplateTests {
         let workers = try #require(at(try find(objs, "KubeadmConfigTemplate"), "spec", "template", "spec") as? [String: Any])
         #expect(workers["preKubeadmCommands"] as? [String] == ["lm-kubeadm-timeouts 20m0s", "lm-registry-mirror 'none' 'none'",
                                                              "systemctl enable --now --no-block lm-bridge-cni.service"])
-        #expect(workers["postKubeadmCommands"] == nil)
+        #expect(workers["postKubeadmCommands"] as? [String] == ["lm-kubeadm-retry 5 30"])
         #expect(at(workers, "joinConfiguration", "discovery", "timeout") as? String == "20m0s")
         let cluster = try JSONDecoder().decode(MicrovmCluster.self, from: JSONSerialization.data(withJSONObject: try find(objs, "MicrovmCluster")))
         #expect(cluster.spec.placement.dynamicPool?.hostSelector == ["liquidmetal.io/pool": "edge"] && cluster.spec.placement.staticPool == nil)

@@ -129,7 +129,7 @@ struct ImageBuildEndToEndTests {
                      "etc/systemd/system/multi-user.target.wants/kubelet.service", "etc/systemd/system/multi-user.target.wants/containerd.service",
                      "etc/containerd/config.toml", "etc/sysctl.d/90-kubernetes.conf", "etc/modules-load.d/kubernetes.conf", "etc/crictl.yaml",
                      "etc/apt/keyrings/liquidmetal-source-0.asc", "usr/sbin/keepalived", "usr/local/sbin/lm-kubeadm-timeouts",
-                     "usr/local/sbin/lm-registry-mirror", "usr/local/sbin/lm-control-plane-address", "usr/local/sbin/lm-bridge-cni",
+                     "usr/local/sbin/lm-registry-mirror", "usr/local/sbin/lm-control-plane-address", "usr/local/sbin/lm-bridge-cni", "usr/local/sbin/lm-kubeadm-retry",
                      "etc/systemd/system/lm-bridge-cni.service", "usr/local/sbin/lm-preload-images",
                      "etc/systemd/system/multi-user.target.wants/lm-preload-images.service", "var/lib/liquidmetal/images/00/index.json"] {
             #expect(listing.contains(path), "\(path) in the k8s-node image")

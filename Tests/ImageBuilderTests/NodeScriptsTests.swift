@@ -19,20 +19,67 @@ struct NodeScriptsTests {
         let template = try String(contentsOfFile: TestEnvironment.packageRoot + "/templates/src/airgapped.yaml", encoding: .utf8)
         let named = Set(template.matches(of: /(?:^|[ "'])(lm-[a-z-]+(?:\.service)?)/.anchorsMatchLineEndings()).map { String($0.output.1) })
             .filter { !$0.hasPrefix("lm-guest") }
-        #expect(named == ["lm-kubeadm-timeouts", "lm-registry-mirror", "lm-control-plane-address", "lm-bridge-cni.service"], "\(named)")
+        #expect(named == ["lm-kubeadm-timeouts", "lm-registry-mirror", "lm-control-plane-address", "lm-bridge-cni.service", "lm-kubeadm-retry"], "\(named)")
         for name in named {
             let path = name.hasSuffix(".service") ? "/etc/systemd/system/\(name)" : "/usr/local/sbin/\(name)"
             let f = try #require(Self.preset.files.first { $0.path == path }, "\(path)")
             #expect(name.hasSuffix(".service") || f.mode == 0o755)
         }
         #expect(try file("/etc/systemd/system/lm-bridge-cni.service").contains("ExecStart=/usr/local/sbin/lm-bridge-cni"))
-        for script in ["lm-kubeadm-timeouts", "lm-registry-mirror", "lm-control-plane-address", "lm-bridge-cni"] {
+        for script in ["lm-kubeadm-timeouts", "lm-registry-mirror", "lm-control-plane-address", "lm-bridge-cni", "lm-kubeadm-retry"] {
             let dir = try makeTemporaryDirectory("lm-script")
             defer { try? HostFiles.remove(dir) }
             try Data(try file("/usr/local/sbin/\(script)").utf8).write(to: URL(fileURLWithPath: "\(dir)/s"))
             let (status, out) = try await HostProcess.runCapturing(["sh", "-n", "\(dir)/s"])
             #expect(status == .exited(0), "\(script): \(out)")
         }
+    }
+
+    @Test("lm-kubeadm-retry: nothing after a success or for init; after a failed join, reset and join again until one succeeds (sentinel written), or give up after the attempts")
+    func kubeadmRetry() async throws {
+        let dir = try makeTemporaryDirectory("lm-retry")
+        defer { try? HostFiles.remove(dir) }
+        try Data(try file("/usr/local/sbin/lm-kubeadm-retry").utf8).write(to: URL(fileURLWithPath: "\(dir)/lm-kubeadm-retry"))
+        // A kubeadm stand-in: logs its arguments; "join" fails until $dir/joins-to-fail is used up.
+        try Data("""
+            #!/bin/sh
+            echo "$*" >> \(dir)/calls
+            [ "$1" = join ] || exit 0
+            n=$(cat \(dir)/joins-to-fail); echo $((n - 1)) > \(dir)/joins-to-fail
+            [ "$n" -le 0 ]
+
+            """.utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeadm"))
+        try await HostProcess.run(["chmod", "+x", "\(dir)/kubeadm"])
+        func run(_ args: String...) async throws -> (HostProcess.Termination, String, [String]) {
+            var env = ProcessInfo.processInfo.environment
+            env["LM_KUBEADM"] = "\(dir)/kubeadm"
+            env["LM_KUBEADM_RUN"] = "\(dir)/kubeadm-run"
+            env["LM_CLUSTER_API_RUN"] = "\(dir)/cluster-api"
+            try? HostFiles.remove("\(dir)/calls")
+            let (status, out) = try await HostProcess.runCapturing(["sh", "\(dir)/lm-kubeadm-retry"] + args, environment: env)
+            let calls = (try? String(contentsOfFile: "\(dir)/calls", encoding: .utf8))?.split(separator: "\n").map(String.init) ?? []
+            return (status, out, calls)
+        }
+        // kubeadm init failed (no join configuration): not retried, and said so.
+        var (status, out, calls) = try await run("3", "0")
+        #expect(status == .exited(1) && out.contains("kubeadm init is not retried") && calls.isEmpty, "\(out)")
+        // A join that fails twice more: reset and join, three times; the sentinel is written.
+        try HostFiles.createDirectory("\(dir)/kubeadm-run")
+        try Data("kind: JoinConfiguration\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/kubeadm-run/kubeadm-join-config.yaml"))
+        try Data("2\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/joins-to-fail"))
+        (status, out, calls) = try await run("5", "0")
+        #expect(status == .exited(0) && out.contains("joined on attempt 3"), "\(out)")
+        #expect(calls == Array(repeating: ["reset -f", "join --config \(dir)/kubeadm-run/kubeadm-join-config.yaml"], count: 3).flatMap { $0 }, "\(calls)")
+        #expect(try String(contentsOfFile: "\(dir)/cluster-api/bootstrap-success.complete", encoding: .utf8) == "success\n")
+        // After a success (the sentinel is there): nothing.
+        (status, out, calls) = try await run("5", "0")
+        #expect(status == .exited(0) && calls.isEmpty, "\(out) \(calls)")
+        // Fails every time: gives up after the attempts, no sentinel.
+        try HostFiles.remove("\(dir)/cluster-api")
+        try Data("100\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/joins-to-fail"))
+        (status, out, calls) = try await run("2", "0")
+        #expect(status == .exited(1) && out.contains("failed 2 more times; giving up") && calls.count == 4, "\(out) \(calls)")
+        #expect(!HostFiles.exists("\(dir)/cluster-api/bootstrap-success.complete"))
     }
 
     @Test("lm-registry-mirror writes containerd hosts.toml per registry: plain HTTP, HTTPS with a CA, none")
