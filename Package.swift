@@ -157,6 +157,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                // Client-certificate identities (mutual TLS) for the access policy.
+                .product(name: "X509", package: "swift-certificates"),
             ]
         ),
         .target(

@@ -48,7 +48,8 @@ public struct HostReconciler: Sendable {
                 st.microvms = Int(c.microvms)
                 st.allocatedVcpus = Int(c.allocatedVcpus)
                 st.allocatedMemoryMb = Int(c.allocatedMemoryMb)
-                st.freeVcpus = max(0, o.spec.schedulableVCPUs(cpus: Int(c.vcpus)) - Int(c.allocatedVcpus))
+                // The host's own overcommit, capped by what the agent admits (it refuses creates beyond its free_vcpus).
+                st.freeVcpus = min(max(0, o.spec.schedulableVCPUs(cpus: Int(c.vcpus)) - Int(c.allocatedVcpus)), Int(c.freeVcpus))
                 st.freeMemoryMb = Int(c.freeMemoryMb)
                 st.conditions = upsert(st.conditions, Condition(type: "Reachable", status: "True"))
             } else {

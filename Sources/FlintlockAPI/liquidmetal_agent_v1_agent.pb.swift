@@ -63,7 +63,10 @@ public nonisolated struct Liquidmetal_Agent_V1_HostCapacity: Sendable {
 
   public var allocatedMemoryMb: Int64 = 0
 
-  /// vcpus - allocated_vcpus and memory_mb - allocated_memory_mb, never below 0 (no overcommit).
+  /// The most vCPUs and memory one more microVM may ask for: vcpus × the agent's --vcpu-overcommit
+  /// less allocated_vcpus; memory_mb less --memory-reserve-mb, allocated_memory_mb and
+  /// --vmm-overhead-mb per VMM (the new one's included). Never below 0. A create that asks for
+  /// more is refused with RESOURCE_EXHAUSTED.
   public var freeVcpus: Int32 = 0
 
   public var freeMemoryMb: Int64 = 0

@@ -11,6 +11,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var stateDir = "/var/lib/flintlock"
     public var resyncPeriod: Duration = .seconds(600)
     public var basicAuthToken: String?
+    /// YAML file mapping tokens and client-certificate identities to namespaces (`AccessPolicy`).
+    public var authFile: String?
     public var insecure = false
     public var tlsCert: String?
     public var tlsKey: String?
@@ -36,6 +38,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var maxRetries = 5
     public var maxRestarts = 5
     public var shutdownTimeout: Duration = .seconds(10)
+    /// What creates may take of the host (`--vcpu-overcommit`, `--memory-reserve-mb`, `--vmm-overhead-mb`).
+    public var admission = AdmissionLimits()
     public var debug = false
 
     public init() {}
@@ -53,6 +57,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         .init(key: "state-dir", help: "Directory for the state database, VM directories and the image cache.") { $0.stateDir = $1 },
         .init(key: "resync-period", help: "How often every VM is reconciled even without changes (e.g. 10m, 30s).") { $0.resyncPeriod = try parseDuration($1, key: "resync-period") },
         .init(key: "basic-auth-token", help: "Require clients to send 'authorization: Basic <base64(token)>'.") { $0.basicAuthToken = $1 },
+        .init(key: "auth-file", help: "YAML file mapping tokens and client-certificate identities (SAN or CN) to the namespaces they may read or write (see docs/agent-security.md).") { $0.authFile = $1 },
         .init(key: "insecure", help: "Serve without TLS even when a certificate is given.") { $0.insecure = try parseBool($1, key: "insecure") },
         .init(key: "tls-cert", help: "PEM certificate (chain) for serving the API over TLS.") { $0.tlsCert = $1 },
         .init(key: "tls-key", help: "PEM private key for --tls-cert.") { $0.tlsKey = $1 },
@@ -83,6 +88,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         .init(key: "max-retries", help: "Failed attempts to create a VM before it is marked FAILED.") { $0.maxRetries = try parseInt($1, key: "max-retries", range: 0...1000) },
         .init(key: "max-restarts", help: "Unexpected VMM exits (crashes, guest panics) before a VM is marked FAILED.") { $0.maxRestarts = try parseInt($1, key: "max-restarts", range: 0...1000) },
         .init(key: "shutdown-timeout", help: "Time a guest gets to power off, then QEMU to exit on SIGTERM, before SIGKILL.") { $0.shutdownTimeout = try parseDuration($1, key: "shutdown-timeout") },
+        .init(key: "vcpu-overcommit", help: "vCPUs handed out per host CPU; a create beyond that fails with RESOURCE_EXHAUSTED.") { $0.admission.vcpuOvercommit = try parseInt($1, key: "vcpu-overcommit", range: 1...64) },
+        .init(key: "memory-reserve-mb", help: "Host memory (MiB) never given to microVMs; memory is not overcommitted, so a create that does not fit fails with RESOURCE_EXHAUSTED.") { $0.admission.memoryReserveMB = try parseInt($1, key: "memory-reserve-mb", range: 0...1_048_576) },
+        .init(key: "vmm-overhead-mb", help: "Memory (MiB) counted for each VMM on top of its guest's memory.") { $0.admission.vmmOverheadMB = try parseInt($1, key: "vmm-overhead-mb", range: 0...65_536) },
         .init(key: "debug", help: "Log at debug level.") { $0.debug = try parseBool($1, key: "debug") },
     ]
 
@@ -111,8 +119,19 @@ public struct AgentConfiguration: Sendable, Equatable {
     }
 
     func validate() throws {
+        // Half-configured TLS is refused rather than silently served in plaintext.
         guard tlsCert == nil || tlsKey != nil else { throw AgentError.invalid("tls-key", "is required with --tls-cert") }
+        guard tlsKey == nil || tlsCert != nil else { throw AgentError.invalid("tls-cert", "is required with --tls-key") }
         guard !tlsClientValidate || tlsClientCA != nil else { throw AgentError.invalid("tls-client-ca", "is required with --tls-client-validate") }
+        guard !tlsClientValidate || tlsCert != nil else {
+            throw AgentError.invalid("tls-client-validate", "needs a server certificate (--tls-cert and --tls-key): client certificates are only checked over TLS")
+        }
+        guard tlsClientCA == nil || tlsClientValidate else {
+            throw AgentError.invalid("tls-client-ca", "is given without --tls-client-validate, so client certificates would not be checked; add --tls-client-validate or drop --tls-client-ca")
+        }
+        guard !(insecure && tlsClientValidate) else {
+            throw AgentError.invalid("insecure", "turns TLS off, but --tls-client-validate asks for client certificates; drop one of them")
+        }
         guard ["overlayfs", "native", "devmapper"].contains(containerdSnapshotter) else {
             throw AgentError.invalid("containerd-snapshotter", "must be overlayfs, native or devmapper")
         }
@@ -120,6 +139,23 @@ public struct AgentConfiguration: Sendable, Equatable {
         if let b = bridgeName { try Validate.interfaceName(b, field: "bridge-name") }
         if let p = parentIface { try Validate.interfaceName(p, field: "parent-iface") }
         _ = try agentNetwork()
+    }
+
+    /// The transport in force, for the start log.
+    public var transportDescription: String {
+        if insecure || tlsCert == nil { return tlsCert == nil ? "plaintext" : "plaintext (--insecure: the TLS certificate is not used)" }
+        return tlsClientValidate ? "mutual TLS (client certificates signed by \(tlsClientCA ?? ""))" : "TLS"
+    }
+
+    /// The access policy: the auth file's tokens and identities, plus `--basic-auth-token` as a
+    /// token that may do everything. Open (everyone may do everything) when neither is set.
+    public func accessPolicy() throws -> AccessPolicy {
+        var policy = try authFile.map { try AccessPolicy.load(path: $0) } ?? AccessPolicy()
+        if let t = basicAuthToken, !t.isEmpty { policy.addToken(t, name: "basic-auth-token") }
+        if policy.identityCount > 0 && !(tlsClientValidate && !insecure) {
+            throw AgentError.invalid("auth-file", "lists client certificate identities, but client certificates are not checked; add --tls-client-validate (with --tls-cert, --tls-key, --tls-client-ca)")
+        }
+        return policy
     }
 
     /// The agent-owned bridge and subnet, when --bridge-cidr is set.

@@ -1,10 +1,12 @@
 import FlintlockAPI
 import Foundation
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import HostSystem
 import Logging
 import MicroVMCore
 import SwiftProtobuf
+import X509
 
 /// Maps agent errors onto gRPC status codes.
 func rpcError(_ error: any Error) -> RPCError {
@@ -18,6 +20,8 @@ func rpcError(_ error: any Error) -> RPCError {
         case .failedPrecondition: code = .failedPrecondition
         case .unavailable: code = .unavailable
         case .unauthenticated: code = .unauthenticated
+        case .permissionDenied: code = .permissionDenied
+        case .resourceExhausted: code = .resourceExhausted
         case .internalError: code = .internalError
         }
         return RPCError(code: code, message: e.message)
@@ -29,20 +33,25 @@ func mapErrors<T>(_ body: () async throws -> T) async throws -> T {
     do { return try await body() } catch { throw rpcError(error) }
 }
 
-/// Flintlock's `microvm.services.api.v1alpha1.MicroVM` service.
+/// Flintlock's `microvm.services.api.v1alpha1.MicroVM` service. Every call is checked against
+/// the caller's namespaces: a VM in a namespace the caller may not read is NOT_FOUND to it.
 struct MicroVMGRPCService: Microvm_Services_Api_V1alpha1_MicroVM.SimpleServiceProtocol {
     let service: MicroVMService
 
     func createMicroVM(request: Microvm_Services_Api_V1alpha1_CreateMicroVMRequest, context: ServerContext) async throws -> Microvm_Services_Api_V1alpha1_CreateMicroVMResponse {
         try await mapErrors {
             guard request.hasMicrovm else { throw AgentError.invalid("microvm", "is required") }
-            let vm = try await service.create(APIConversion.spec(from: request.microvm))
+            let spec = try APIConversion.spec(from: request.microvm)
+            try AccessContext.principal(context).check(.write, namespace: spec.namespace)
+            let vm = try await service.create(spec)
             return .with { $0.microvm = APIConversion.proto(vm) }
         }
     }
 
     func deleteMicroVM(request: Microvm_Services_Api_V1alpha1_DeleteMicroVMRequest, context: ServerContext) async throws -> Google_Protobuf_Empty {
         try await mapErrors {
+            let vm = try service.get(uid: request.uid, as: AccessContext.principal(context))
+            try AccessContext.principal(context).check(.write, namespace: vm.spec.namespace)
             try service.delete(uid: request.uid)
             return Google_Protobuf_Empty()
         }
@@ -50,20 +59,22 @@ struct MicroVMGRPCService: Microvm_Services_Api_V1alpha1_MicroVM.SimpleServicePr
 
     func getMicroVM(request: Microvm_Services_Api_V1alpha1_GetMicroVMRequest, context: ServerContext) async throws -> Microvm_Services_Api_V1alpha1_GetMicroVMResponse {
         try await mapErrors {
-            let vm = try service.get(uid: request.uid)
+            let vm = try service.get(uid: request.uid, as: AccessContext.principal(context))
             return .with { $0.microvm = APIConversion.proto(vm) }
         }
     }
 
     func listMicroVMs(request: Microvm_Services_Api_V1alpha1_ListMicroVMsRequest, context: ServerContext) async throws -> Microvm_Services_Api_V1alpha1_ListMicroVMsResponse {
         try await mapErrors {
-            let vms = try service.list(namespace: request.namespace, name: request.hasName ? request.name : nil)
+            let vms = try service.list(namespace: request.namespace, name: request.hasName ? request.name : nil, as: AccessContext.principal(context))
             return .with { $0.microvm = vms.map(APIConversion.proto) }
         }
     }
 
     func listMicroVMsStream(request: Microvm_Services_Api_V1alpha1_ListMicroVMsRequest, response: RPCWriter<Microvm_Services_Api_V1alpha1_ListMessage>, context: ServerContext) async throws {
-        let vms = try await mapErrors { try service.list(namespace: request.namespace, name: request.hasName ? request.name : nil) }
+        let vms = try await mapErrors {
+            try service.list(namespace: request.namespace, name: request.hasName ? request.name : nil, as: AccessContext.principal(context))
+        }
         for vm in vms { try await response.write(.with { $0.microvm = APIConversion.proto(vm) }) }
     }
 }
@@ -75,8 +86,9 @@ struct EventsGRPCService: Liquidmetal_Agent_V1_MicroVMEvents.SimpleServiceProtoc
     let consolePath: @Sendable (MicroVM) -> String
 
     func watch(request: Liquidmetal_Agent_V1_WatchRequest, response: RPCWriter<Liquidmetal_Agent_V1_WatchEvent>, context: ServerContext) async throws {
+        let principal = try await mapErrors { try AccessContext.principal(context) }
         let changes = store.changes()  // subscribe first, so nothing between list and stream is lost
-        let current = try await mapErrors { try service.list(namespace: request.namespace, name: nil) }
+        let current = try await mapErrors { try service.list(namespace: request.namespace, name: nil, as: principal) }
         for vm in current {
             try await response.write(.with { $0.type = .existing; $0.microvm = APIConversion.proto(vm) })
         }
@@ -84,6 +96,7 @@ struct EventsGRPCService: Liquidmetal_Agent_V1_MicroVMEvents.SimpleServiceProtoc
         for await change in changes {
             let vm = change.vm
             if !request.namespace.isEmpty && vm.spec.namespace != request.namespace { continue }
+            if !principal.may(.read, namespace: vm.spec.namespace) { continue }
             try await response.write(.with {
                 switch change {
                 case .added: $0.type = .added
@@ -96,7 +109,7 @@ struct EventsGRPCService: Liquidmetal_Agent_V1_MicroVMEvents.SimpleServiceProtoc
     }
 
     func consoleLog(request: Liquidmetal_Agent_V1_ConsoleLogRequest, response: RPCWriter<Liquidmetal_Agent_V1_ConsoleLogChunk>, context: ServerContext) async throws {
-        let vm = try await mapErrors { try service.get(uid: request.uid) }
+        let vm = try await mapErrors { try service.get(uid: request.uid, as: AccessContext.principal(context)) }
         let path = consolePath(vm)
         guard request.tailBytes >= 0 else { throw RPCError(code: .invalidArgument, message: "tail_bytes: must not be negative") }
         // Start at the tail (or the beginning) and, with follow, keep reading as the file grows.
@@ -123,29 +136,58 @@ struct EventsGRPCService: Liquidmetal_Agent_V1_MicroVMEvents.SimpleServiceProtoc
     }
 }
 
-/// Checks `authorization: Basic <base64(token)>` when the agent has a token (Flintlock's scheme).
-struct BasicAuthInterceptor: ServerInterceptor {
-    let token: String
+/// What the access interceptor found out about a call, passed to the services in
+/// `ServerContext.transportSpecific` (the transport's own value is kept in `transport`).
+struct AccessContext: ServerContext.TransportSpecific {
+    var principal: Principal
+    var transport: (any ServerContext.TransportSpecific)?
+
+    /// The caller, as the interceptor identified it. Fails closed: a call that did not pass the
+    /// interceptor is refused.
+    static func principal(_ context: ServerContext) throws(AgentError) -> Principal {
+        guard let a = context.transportSpecific as? AccessContext else {
+            throw AgentError(.permissionDenied, "the call was not authenticated")
+        }
+        return a.principal
+    }
+}
+
+/// Identifies every caller against the access policy (token or client certificate) and hands
+/// the services its principal. With an open policy every caller is `Principal.unrestricted`.
+struct AccessInterceptor: ServerInterceptor {
+    let policy: AccessPolicy
 
     func intercept<Input: Sendable, Output: Sendable>(
         request: StreamingServerRequest<Input>, context: ServerContext,
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
-        let expected = "Basic " + Data(token.utf8).base64EncodedString()
-        guard let got = request.metadata[stringValues: "authorization"].first(where: { _ in true }) else {
-            throw RPCError(code: .unauthenticated, message: "missing authorization metadata: send \"authorization: Basic <base64 of the agent's token>\"")
+        let header = request.metadata[stringValues: "authorization"].first(where: { _ in true })
+        var identities: [String] = []
+        if let tls = context.transportSpecific as? HTTP2ServerTransport.Posix.Context, let cert = tls.peerCertificate {
+            identities = Self.identities(of: cert)
         }
-        guard constantTimeEqual(got, expected) else {
-            throw RPCError(code: .unauthenticated, message: "the authorization token is not valid")
-        }
-        return try await next(request, context)
+        let principal: Principal
+        do { principal = try policy.principal(authorization: header, certificateIdentities: identities) } catch { throw rpcError(error) }
+        var inner = context
+        inner.transportSpecific = AccessContext(principal: principal, transport: context.transportSpecific)
+        return try await next(request, inner)
     }
 
-    func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        guard x.count == y.count else { return false }
-        var diff: UInt8 = 0
-        for i in x.indices { diff |= x[i] ^ y[i] }
-        return diff == 0
+    /// A verified client certificate's names: subject alternative names (DNS, URI, e-mail, IP), then the subject's CN.
+    static func identities(of cert: Certificate) -> [String] {
+        var names: [String] = []
+        if let sans = try? cert.extensions.subjectAlternativeNames {
+            for n in sans {
+                switch n {
+                case .dnsName(let s), .uniformResourceIdentifier(let s), .rfc822Name(let s): names.append(s)
+                case .ipAddress(let octets):
+                    let b = Array(octets.bytes)
+                    if b.count == 4 { names.append(b.map(String.init).joined(separator: ".")) }
+                default: break
+                }
+            }
+        }
+        for rdn in cert.subject { for attr in rdn where attr.type == .RDNAttributeType.commonName { names.append("\(attr.value)") } }
+        return names
     }
 }

@@ -19,11 +19,13 @@ public final class HostAgent: Service {
     public let store: StateStore
     public let reconciler: Reconciler
     public let service: MicroVMService
+    let accessPolicy: AccessPolicy
     let images: ContainerdImageService
     let vmm: QEMUVMM
     let logger: Logger
 
     public static func make(configuration c: AgentConfiguration, logger: Logger) async throws -> HostAgent {
+        let policy = try c.accessPolicy()  // an unusable auth file stops the start before anything else
         try HostFiles.createDirectory(c.stateDir)
         try HostFiles.createDirectory("\(c.stateDir)/vm")
         let repo = try SQLiteMicroVMRepository(path: "\(c.stateDir)/flintlock.db")
@@ -42,11 +44,12 @@ public final class HostAgent: Service {
             throw AgentError(.failedPrecondition, "--parent-iface \(parent): no such network interface on this host")
         }
         try await AgentBridge(network: try c.agentNetwork(), stateDirectory: c.stateDir, logger: logger).reconcile()
-        return HostAgent(configuration: c, repository: repo, images: images, vmm: vmm, logger: logger)
+        return HostAgent(configuration: c, accessPolicy: policy, repository: repo, images: images, vmm: vmm, logger: logger)
     }
 
-    init(configuration c: AgentConfiguration, repository: any MicroVMRepository, images: ContainerdImageService, vmm: QEMUVMM, logger: Logger) {
+    init(configuration c: AgentConfiguration, accessPolicy: AccessPolicy, repository: any MicroVMRepository, images: ContainerdImageService, vmm: QEMUVMM, logger: Logger) {
         self.configuration = c
+        self.accessPolicy = accessPolicy
         self.images = images
         self.vmm = vmm
         self.logger = logger
@@ -64,7 +67,7 @@ public final class HostAgent: Service {
         self.reconciler = reconciler
         let policy = SpecPolicy(defaultProvider: c.defaultProvider, availableProviders: ["qemu"], defaultBridge: c.bridgeName,
                                 parentInterface: c.parentIface, agentNetwork: agentNetwork ?? nil)
-        self.service = MicroVMService(store: store, reconciler: reconciler, images: images, policy: policy, logger: logger)
+        self.service = MicroVMService(store: store, reconciler: reconciler, images: images, policy: policy, admission: c.admission, logger: logger)
     }
 
     var grpcServices: [any RegistrableRPCService] {
@@ -73,13 +76,19 @@ public final class HostAgent: Service {
         return [
             MicroVMGRPCService(service: service),
             EventsGRPCService(service: service, store: store, consolePath: { vm in vmm.consoleLogPath(directory: reconciler.directory(of: vm.ref)) }),
-            HostInfoGRPCService(store: store, providers: [vmm.name], accelerator: vmm.accelerator),
+            HostInfoGRPCService(store: store, providers: [vmm.name], accelerator: vmm.accelerator, limits: configuration.admission),
         ]
     }
 
-    var interceptors: [any ServerInterceptor] {
-        guard let token = configuration.basicAuthToken, !token.isEmpty else { return [] }
-        return [BasicAuthInterceptor(token: token)]
+    var interceptors: [any ServerInterceptor] { [AccessInterceptor(policy: accessPolicy)] }
+
+    /// The authentication and authorization in force, for the start log.
+    var authDescription: String {
+        if accessPolicy.isOpen { return configuration.tlsClientValidate ? "client certificates (any signed by the CA may do everything)" : "none" }
+        var parts: [String] = []
+        if accessPolicy.tokenCount > 0 { parts.append("\(accessPolicy.tokenCount) token(s)") }
+        if accessPolicy.identityCount > 0 { parts.append("\(accessPolicy.identityCount) client identit\(accessPolicy.identityCount == 1 ? "y" : "ies")") }
+        return parts.joined(separator: " and ") + ", per-namespace" + (configuration.authFile.map { " from \($0)" } ?? "")
     }
 
     func transportSecurity() -> HTTP2ServerTransport.Posix.TransportSecurity {
@@ -115,8 +124,14 @@ public final class HostAgent: Service {
         }
         logger.info("flintlockd serving", metadata: [
             "grpc-endpoint": "\(configuration.grpcEndpoint)", "state-dir": "\(configuration.stateDir)",
-            "accelerator": "\(vmm.accelerator)", "auth": "\(configuration.basicAuthToken == nil ? "none" : "basic")",
+            "accelerator": "\(vmm.accelerator)", "transport": "\(configuration.transportDescription)", "auth": "\(authDescription)",
         ])
+        if configuration.insecure && configuration.tlsCert != nil {
+            logger.warning("--insecure: serving plaintext although --tls-cert is given")
+        }
+        if accessPolicy.isOpen && !configuration.tlsClientValidate {
+            logger.warning("no authentication: anyone who reaches \(configuration.grpcEndpoint) may create and delete microVMs (set --basic-auth-token or --auth-file)")
+        }
         let allServers = servers
         let reconcileTask = Task { await reconciler.run() }
         defer { reconcileTask.cancel() }

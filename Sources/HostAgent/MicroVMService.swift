@@ -9,18 +9,22 @@ public final class MicroVMService: Sendable {
     let reconciler: Reconciler
     let images: any ImageService
     let policy: SpecPolicy
+    let admission: AdmissionLimits
     let logger: Logger
 
-    public init(store: StateStore, reconciler: Reconciler, images: any ImageService, policy: SpecPolicy, logger: Logger) {
+    public init(store: StateStore, reconciler: Reconciler, images: any ImageService, policy: SpecPolicy, admission: AdmissionLimits = AdmissionLimits(), logger: Logger) {
         self.store = store
         self.reconciler = reconciler
         self.images = images
         self.policy = policy
+        self.admission = admission
         self.logger = logger
     }
 
     /// Validates and stores a new VM (state PENDING, a fresh ULID, timestamps set) and queues it.
-    /// Any uid in the request is ignored. UNAVAILABLE when containerd cannot be reached.
+    /// Any uid in the request is ignored. UNAVAILABLE when containerd cannot be reached;
+    /// RESOURCE_EXHAUSTED, naming memory or vcpu, when the VM does not fit what the host has left
+    /// (checked under the store's write lock, so concurrent creates cannot both take the last room).
     public func create(_ requested: MicroVMSpec) async throws -> MicroVM {
         let spec = try requested.normalized(policy: policy)
         try CloudInitDocuments.validate(metadata: spec.metadata, mounts: CloudInitDocuments.mounts(of: spec))
@@ -28,7 +32,10 @@ public final class MicroVMService: Sendable {
         let now = Date()
         let vm = MicroVM(uid: ULID.make(date: now), spec: spec, status: MicroVMStatus(state: .pending), createdAt: now, updatedAt: now)
         // The record and its addresses on the agent's bridge are stored together, or not at all.
-        let stored = try store.insert(vm, claims: spec.addressClaims(policy: policy))
+        let limits = admission
+        let stored = try store.insert(vm, claims: spec.addressClaims(policy: policy)) { vms in
+            try HostCapacityReport.measure(vms: vms, limits: limits).admit(vcpu: spec.vcpu, memoryMB: spec.memoryInMB)
+        }
         logger.info("microVM accepted", metadata: ["uid": "\(vm.uid)", "namespace": "\(spec.namespace)", "name": "\(spec.name)"])
         reconciler.enqueue(stored.uid)
         return stored
@@ -42,6 +49,22 @@ public final class MicroVMService: Sendable {
 
     public func list(namespace: String, name: String?) throws -> [MicroVM] {
         try store.list(namespace: namespace.isEmpty ? nil : namespace, name: name)
+    }
+
+    /// The VM, if `principal` may read its namespace; NOT_FOUND otherwise (another namespace's
+    /// VMs are invisible, not forbidden).
+    public func get(uid: String, as principal: Principal) throws -> MicroVM {
+        let vm = try get(uid: uid)
+        guard principal.may(.read, namespace: vm.spec.namespace) else { throw AgentError(.notFound, "microVM \(uid) not found") }
+        return vm
+    }
+
+    /// VMs in `namespace` (PERMISSION_DENIED if `principal` may not read it), or, with no
+    /// namespace, every VM in the namespaces `principal` may read.
+    public func list(namespace: String, name: String?, as principal: Principal) throws -> [MicroVM] {
+        if !namespace.isEmpty { try principal.check(.read, namespace: namespace) }
+        let vms = try list(namespace: namespace, name: name)
+        return principal.readsEverything ? vms : vms.filter { principal.may(.read, namespace: $0.spec.namespace) }
     }
 
     /// Marks the VM DELETING and queues its removal; returns at once.

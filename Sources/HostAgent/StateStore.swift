@@ -27,8 +27,11 @@ public final class StateStore: Sendable {
     public func get(uid: String) throws -> MicroVM? { try repository.get(uid: uid) }
     public func list(namespace: String?, name: String? = nil) throws -> [MicroVM] { try repository.list(namespace: namespace, name: name) }
 
-    public func insert(_ vm: MicroVM, claims: [AddressClaim] = []) throws -> MicroVM {
+    /// Stores a new VM. `admit` sees every stored VM under the same lock as the insert, so two
+    /// creates at once cannot both fit into room for one.
+    public func insert(_ vm: MicroVM, claims: [AddressClaim] = [], admit: (([MicroVM]) throws -> Void)? = nil) throws -> MicroVM {
         try writeLock.withLock { _ in
+            if let admit { try admit(try repository.list(namespace: nil, name: nil)) }
             let stored = try repository.insert(vm, claims: claims)
             publish(.added(stored))
             return stored

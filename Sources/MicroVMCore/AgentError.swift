@@ -8,6 +8,8 @@ public struct AgentError: Error, Sendable, Equatable, CustomStringConvertible {
         case failedPrecondition = "FAILED_PRECONDITION"
         case unavailable = "UNAVAILABLE"
         case unauthenticated = "UNAUTHENTICATED"
+        case permissionDenied = "PERMISSION_DENIED"
+        case resourceExhausted = "RESOURCE_EXHAUSTED"
         case internalError = "INTERNAL"
     }
 

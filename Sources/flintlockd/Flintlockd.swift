@@ -48,6 +48,8 @@ struct Run: AsyncParsableCommand {
     var resyncPeriod: String?
     @Option(name: .customLong("basic-auth-token"), help: "Require 'authorization: Basic <base64(token)>' on every call.")
     var basicAuthToken: String?
+    @Option(name: .customLong("auth-file"), help: "YAML file mapping tokens and client-certificate identities (SAN or CN) to the namespaces they may read and write; every RPC is checked against it (see docs/agent-security.md).")
+    var authFile: String?
     @Flag(help: "Serve without TLS even when --tls-cert is given.")
     var insecure = false
     @Option(name: .customLong("tls-cert"), help: "PEM certificate for serving over TLS.")
@@ -94,6 +96,12 @@ struct Run: AsyncParsableCommand {
     var maxRestarts: String?
     @Option(name: .customLong("shutdown-timeout"), help: "Grace for guest power-off, then for SIGTERM, before SIGKILL. (default: 10s)")
     var shutdownTimeout: String?
+    @Option(name: .customLong("vcpu-overcommit"), help: "vCPUs handed out per host CPU; creates beyond it fail with RESOURCE_EXHAUSTED. (default: 4)")
+    var vcpuOvercommit: String?
+    @Option(name: .customLong("memory-reserve-mb"), help: "Host memory (MiB) never given to microVMs; memory is not overcommitted. (default: 512)")
+    var memoryReserveMB: String?
+    @Option(name: .customLong("vmm-overhead-mb"), help: "Memory (MiB) counted per VMM on top of its guest's. (default: 64)")
+    var vmmOverheadMB: String?
     @Option(name: .customLong("debug-endpoint"), help: "Accepted for Flintlock compatibility; not served by this build.")
     var debugEndpoint: String?
     @Flag(name: .customLong("enable-http"), help: "Flintlock's HTTP gateway: not supported by this build (refused).")
@@ -117,13 +125,14 @@ struct Run: AsyncParsableCommand {
         var flags: [String: String] = [:]
         let given: [(String, String?)] = [
             ("grpc-endpoint", grpcEndpoint), ("grpc-socket", grpcSocket), ("state-dir", stateDir), ("resync-period", resyncPeriod),
-            ("basic-auth-token", basicAuthToken), ("tls-cert", tlsCert), ("tls-key", tlsKey), ("tls-client-ca", tlsClientCA),
+            ("basic-auth-token", basicAuthToken), ("auth-file", authFile), ("tls-cert", tlsCert), ("tls-key", tlsKey), ("tls-client-ca", tlsClientCA),
             ("containerd-socket", containerdSocket), ("containerd-ns", containerdNs), ("containerd-snapshotter", containerdSnapshotter),
             ("firecracker-bin", firecrackerBin), ("cloudhypervisor-bin", cloudhypervisorBin), ("qemu-bin", qemuBin),
             ("qemu-accel", qemuAccel), ("default-provider", defaultProvider), ("parent-iface", parentIface), ("bridge-name", bridgeName),
             ("bridge-cidr", bridgeCIDR), ("bridge-nameservers", bridgeNameservers),
             ("registry-auth-file", registryAuthFile), ("reconcile-workers", reconcileWorkers), ("max-retries", maxRetries),
             ("max-restarts", maxRestarts), ("shutdown-timeout", shutdownTimeout),
+            ("vcpu-overcommit", vcpuOvercommit), ("memory-reserve-mb", memoryReserveMB), ("vmm-overhead-mb", vmmOverheadMB),
             ("insecure", insecure ? "true" : nil), ("tls-client-validate", tlsClientValidate ? "true" : nil), ("debug", debug ? "true" : nil),
             ("insecure-registry", insecureRegistry.isEmpty ? nil : insecureRegistry.joined(separator: ",")),
         ]

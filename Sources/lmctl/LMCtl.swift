@@ -245,13 +245,27 @@ struct Create: AsyncParsableCommand {
     }
 }
 
+/// The VM `ref` names: a uid, or else a name in `namespace` (as kubectl users expect).
+func resolveVM(_ client: AgentClient, _ ref: String, namespace: String) async throws -> Flintlock_Types_MicroVM {
+    if ref.count == 26, ref.allSatisfy({ $0.isASCII && ($0.isUppercase || $0.isNumber) }) {
+        do { return try await client.get(uid: ref) } catch let e as RPCError where e.code == .notFound {}
+    }
+    let named = try await client.list(namespace: namespace, name: ref)
+    switch named.count {
+    case 1: return named[0]
+    case 0: throw CommandFailed(description: "microVM \"\(ref)\" not found in namespace \"\(namespace)\" (give its uid, or its name with --namespace)")
+    default: throw CommandFailed(description: "\(named.count) microVMs are named \"\(ref)\" in namespace \"\(namespace)\" (\(named.map(\.spec.uid).joined(separator: ", "))); give the uid")
+    }
+}
+
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show one microVM.")
     @OptionGroup var agent: AgentOptions
-    @Argument(help: "The VM's uid.") var uid: String
+    @Argument(help: "The VM's uid, or its name in --namespace.") var vm: String
+    @Option(help: "Namespace of a VM given by name. (default: default)") var namespace = "default"
     @Option(name: .shortAndLong, help: "Output: table, json or yaml.") var output: OutputFormat = .yaml
     func run() async throws {
-        try await withAgent(agent) { try printVMs([try await $0.get(uid: uid)], output) }
+        try await withAgent(agent) { try printVMs([try await resolveVM($0, vm, namespace: namespace)], output) }
     }
 }
 
@@ -269,10 +283,12 @@ struct List: AsyncParsableCommand {
 struct Delete: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Delete a microVM (asynchronous: it turns DELETING, then disappears).")
     @OptionGroup var agent: AgentOptions
-    @Argument(help: "The VM's uid.") var uid: String
+    @Argument(help: "The VM's uid, or its name in --namespace.") var vm: String
+    @Option(help: "Namespace of a VM given by name. (default: default)") var namespace = "default"
     @Flag(help: "Wait until the VM is gone.") var wait = false
     func run() async throws {
         try await withAgent(agent) { client in
+            let uid = try await resolveVM(client, vm, namespace: namespace).spec.uid
             try await client.delete(uid: uid)
             print("deleting \(uid)")
             guard wait else { return }
@@ -333,11 +349,13 @@ struct Capacity: AsyncParsableCommand {
 struct Logs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print a microVM's serial console output.")
     @OptionGroup var agent: AgentOptions
-    @Argument(help: "The VM's uid.") var uid: String
+    @Argument(help: "The VM's uid, or its name in --namespace.") var vm: String
+    @Option(help: "Namespace of a VM given by name. (default: default)") var namespace = "default"
     @Flag(name: .shortAndLong, help: "Keep printing new output.") var follow = false
     @Option(help: "Only the last N bytes.") var tail: Int64 = 0
     func run() async throws {
         try await withAgent(agent) { client in
+            let uid = try await resolveVM(client, vm, namespace: namespace).spec.uid
             try await client.consoleLog(uid: uid, tailBytes: tail, follow: follow) { data in
                 FileHandle.standardOutput.write(data)
                 return true

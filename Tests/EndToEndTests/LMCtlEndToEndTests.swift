@@ -65,7 +65,13 @@ struct LMCtlEndToEndTests {
             #expect(status != .exited(0))
             #expect(out.contains("notFound") || out.contains("not found"))
 
-            let deleted = try await lmctl(["delete", "--wait", uid] + host)
+            // A name works where a uid does, in --namespace (default "default").
+            #expect(try await lmctl(["get", "cli", "--namespace", "e2e", "-o", "json"] + host).contains(uid))
+            #expect(!(try await lmctl(["logs", "cli", "--namespace", "e2e", "--tail", "100"] + host)).isEmpty)
+            let (wrongNS, wrongOut) = try await HostProcess.runCapturing(["\(TestEnvironment.productsDirectory)/lmctl", "get", "cli"] + host)
+            #expect(wrongNS != .exited(0) && wrongOut.contains("microVM \"cli\" not found in namespace \"default\""), "\(wrongOut)")
+
+            let deleted = try await lmctl(["delete", "--wait", "cli", "--namespace", "e2e"] + host)
             #expect(deleted.contains("deleted \(uid)"))
             #expect(try await lmctl(["list", "-o", "json"] + host).contains(uid) == false)
         }
@@ -80,7 +86,7 @@ struct LMCtlEndToEndTests {
             let empty = try await client.capacity()
             #expect(empty.vcpus == Int32(ProcessInfo.processInfo.activeProcessorCount))
             #expect(empty.memoryMb > 0 && empty.memoryAvailableMb > 0 && empty.memoryAvailableMb <= empty.memoryMb)
-            #expect(empty.microvms == 0 && empty.allocatedVcpus == 0 && empty.freeVcpus == empty.vcpus)
+            #expect(empty.microvms == 0 && empty.allocatedVcpus == 0 && empty.freeVcpus == 4 * empty.vcpus, "default vcpu-overcommit 4")
             #expect(empty.providers == ["qemu"] && !empty.agentVersion.isEmpty && ["kvm", "tcg"].contains(empty.accelerator))
             _ = try await client.create(fixtureSpec(env, name: "cap-a"))
             let b = try await client.create({ var s = fixtureSpec(env, name: "cap-b"); s.vcpu = 2; s.memoryInMb = 512; return s }())
