@@ -92,11 +92,21 @@ let package = Package(
                 "CAPMVMAPI", "KubernetesClient", "Placement", "AgentClient", "FlintlockAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"), .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Placement of cluster machines on hosts: CAPMVM's static pool and a dynamic scheduler (pure).
         .target(name: "Placement"),
+        // `host:port` settings, parsed once for every server and client.
+        .target(name: "HostPort"),
+        // HTTP/1.1 GET endpoints: /healthz, /readyz, /metrics (capmvm and flintlockd).
+        .target(
+            name: "HTTPEndpoints",
+            dependencies: [
+                "HostPort", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .target(name: "ReconcileQueue"),
         // Small helpers around the host: processes, files, syscalls.
         .target(
@@ -106,7 +116,7 @@ let package = Package(
         // The core: spec, status, validation, defaults, ids, plans, ports. No adapters.
         .target(
             name: "MicroVMCore",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: [.product(name: "Logging", package: "swift-log"), .product(name: "Metrics", package: "swift-metrics")]
         ),
         .target(
             name: "MicroVMStore",
@@ -124,6 +134,7 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(
@@ -150,8 +161,9 @@ let package = Package(
             dependencies: [
                 "ReconcileQueue",
                 "MicroVMCore", "MicroVMStore", "ContainerdImages", "OCIRegistry", "HostNetwork", "QEMUProvider", "CloudInit",
-                "FlintlockAPI", "HostSystem",
+                "FlintlockAPI", "HostSystem", "HostPort", "HTTPEndpoints",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -164,7 +176,7 @@ let package = Package(
         .target(
             name: "AgentClient",
             dependencies: [
-                "FlintlockAPI",
+                "FlintlockAPI", "HostPort",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -181,13 +193,14 @@ let package = Package(
                 "HostAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
             name: "capmvm",
             dependencies: [
-                "CAPMVMController", "CAPMVMAPI", "KubernetesClient",
+                "CAPMVMController", "CAPMVMAPI", "KubernetesClient", "HTTPEndpoints",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
             ]

@@ -1,5 +1,6 @@
 import FlintlockAPI
 import Foundation
+import HostPort
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import NIOSSL
@@ -100,12 +101,10 @@ public final class AgentClient: Sendable {
             guard proxy == nil else { throw RPCError(code: .invalidArgument, message: "agent address \(address): a Unix socket is not reached through a proxy") }
             target = .unixDomainSocket(path: String(address.dropFirst("unix://".count)), authority: "localhost")
         } else {
-            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            guard let hp = HostPort(parsing: address, defaultHost: "localhost") else {
                 throw RPCError(code: .invalidArgument, message: "agent address \"\(address)\" is not host:port or unix:///path")
             }
-            var host = String(address[..<colon])
-            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            if host.isEmpty { host = "localhost" }
+            let (host, port) = (hp.host, hp.port)
             if let proxy {
                 // gRPC speaks plain HTTP/2 to a private socket; the tunnel behind it does CONNECT and TLS.
                 let t = try ConnectTunnel(target: .init(host: host, port: port, proxy: proxy, tls: try tls?.tunnelSSLContext()))

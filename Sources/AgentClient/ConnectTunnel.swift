@@ -1,4 +1,5 @@
 import Foundation
+import HostPort
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -30,14 +31,12 @@ public struct HTTPConnectProxy: Sendable, Hashable, CustomStringConvertible {
             let decoded = credentials.removingPercentEncoding ?? credentials
             authorization = "Basic " + Data(decoded.utf8).base64EncodedString()
         }
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+        guard let hp = HostPort(parsing: text, ports: 1...65535) else {
             throw TunnelError("proxy \"\(endpoint)\" is not http://host:port or host:port")
         }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { throw TunnelError("proxy \"\(endpoint)\" has no host") }
-        self.host = host
-        self.port = port
+        guard !hp.host.isEmpty else { throw TunnelError("proxy \"\(endpoint)\" has no host") }
+        self.host = hp.host
+        self.port = hp.port
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }

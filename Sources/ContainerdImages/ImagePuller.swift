@@ -1,5 +1,6 @@
 import ContainerdAPI
 import Foundation
+import Metrics
 import GRPCCore
 import Logging
 import MicroVMCore
@@ -46,7 +47,21 @@ struct ImagePuller: Sendable {
     /// Makes sure `ref` is in containerd and unpacked. An image already recorded with all its
     /// content and snapshots is used as it is, without asking the registry.
     func pull(_ ref: ImageReference, lease: String?) async throws -> PulledImage {
-        if let local = try await localImage(ref) { return local }
+        if let local = try await localImage(ref) {
+            Counter(label: "flintlockd_image_pulls_total", dimensions: [("result", "cached")]).increment()
+            return local
+        }
+        do {
+            let image = try await pullFromRegistry(ref, lease: lease)
+            Counter(label: "flintlockd_image_pulls_total", dimensions: [("result", "pulled")]).increment()
+            return image
+        } catch {
+            Counter(label: "flintlockd_image_pulls_total", dimensions: [("result", "failed")]).increment()
+            throw error
+        }
+    }
+
+    func pullFromRegistry(_ ref: ImageReference, lease: String?) async throws -> PulledImage {
         let start = ContinuousClock.now
         logger.info("pulling image", metadata: ["image": "\(ref)"])
         let (manifestDesc, manifestData) = try await registry.resolveManifest(ref)
@@ -62,6 +77,7 @@ struct ImagePuller: Sendable {
             try await conn.writeContent(expected: blob, labels: [:], lease: lease) { offset, emit in
                 try await registry.fetchBlob(ref, digest: blob.digest, from: offset, consume: emit)
             }
+            Counter(label: "flintlockd_image_pull_bytes_total").increment(by: Int(blob.size))
         }
         var labels = ["containerd.io/gc.ref.content.config": manifest.config.digest]
         for (i, l) in manifest.layers.enumerated() { labels["containerd.io/gc.ref.content.l.\(i)"] = l.digest }

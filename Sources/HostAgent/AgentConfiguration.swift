@@ -1,4 +1,5 @@
 import Foundation
+import HostPort
 import MicroVMCore
 import Yams
 
@@ -8,6 +9,8 @@ import Yams
 public struct AgentConfiguration: Sendable, Equatable {
     public var grpcEndpoint = "localhost:9090"
     public var grpcSocket: String?
+    /// host:port of /metrics (Prometheus), /healthz and /readyz; none when nil.
+    public var metricsEndpoint: String?
     public var stateDir = "/var/lib/flintlock"
     public var resyncPeriod: Duration = .seconds(600)
     public var basicAuthToken: String?
@@ -54,6 +57,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     public static let settings: [Setting] = [
         .init(key: "grpc-endpoint", help: "TCP address the gRPC API listens on (host:port).") { $0.grpcEndpoint = $1 },
         .init(key: "grpc-socket", help: "Also serve the gRPC API on this Unix socket path.") { $0.grpcSocket = $1 },
+        .init(key: "metrics-endpoint", help: "host:port serving Prometheus /metrics, /healthz and /readyz over plain HTTP (off by default; e.g. 127.0.0.1:9091).") { $0.metricsEndpoint = $1.isEmpty ? nil : $1 },
         .init(key: "state-dir", help: "Directory for the state database, VM directories and the image cache.") { $0.stateDir = $1 },
         .init(key: "resync-period", help: "How often every VM is reconciled even without changes (e.g. 10m, 30s).") { $0.resyncPeriod = try parseDuration($1, key: "resync-period") },
         .init(key: "basic-auth-token", help: "Require clients to send 'authorization: Basic <base64(token)>'.") { $0.basicAuthToken = $1 },
@@ -136,6 +140,7 @@ public struct AgentConfiguration: Sendable, Equatable {
             throw AgentError.invalid("containerd-snapshotter", "must be overlayfs, native or devmapper")
         }
         _ = try Self.hostPort(grpcEndpoint)
+        if let m = metricsEndpoint { _ = try Self.hostPort(m, key: "metrics-endpoint") }
         if let b = bridgeName { try Validate.interfaceName(b, field: "bridge-name") }
         if let p = parentIface { try Validate.interfaceName(p, field: "parent-iface") }
         _ = try agentNetwork()
@@ -176,14 +181,10 @@ public struct AgentConfiguration: Sendable, Equatable {
         return AgentNetwork(bridge: bridge, gateway: gw, nameservers: bridgeNameservers)
     }
 
-    /// Splits `host:port`.
-    public static func hostPort(_ s: String) throws -> (String, Int) {
-        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else {
-            throw AgentError.invalid("grpc-endpoint", "\"\(s)\" is not host:port")
-        }
-        var host = String(s[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host.isEmpty ? "0.0.0.0" : host, port)
+    /// Parses a `host:port` setting (an empty host means every address), naming `key` when it is not one.
+    public static func hostPort(_ s: String, key: String = "grpc-endpoint") throws -> HostPort {
+        guard let hp = HostPort(parsing: s, defaultHost: "0.0.0.0") else { throw AgentError.invalid(key, "\"\(s)\" is not host:port") }
+        return hp
     }
 
     static func parseBool(_ v: String, key: String) throws -> Bool {

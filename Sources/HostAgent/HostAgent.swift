@@ -5,6 +5,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import HostNetwork
 import HostSystem
+import HTTPEndpoints
 import Logging
 import MicroVMCore
 import OCIRegistry
@@ -20,11 +21,15 @@ public final class HostAgent: Service {
     public let reconciler: Reconciler
     public let service: MicroVMService
     let accessPolicy: AccessPolicy
+    /// The Prometheus text of every metric, when a metrics backend is bootstrapped.
+    let metricsText: (@Sendable () -> [UInt8])?
     let images: ContainerdImageService
     let vmm: QEMUVMM
     let logger: Logger
 
-    public static func make(configuration c: AgentConfiguration, logger: Logger) async throws -> HostAgent {
+    /// `metricsText` renders the process's metrics (flintlockd bootstraps Prometheus and passes its
+    /// registry's text); /metrics is served on `--metrics-endpoint` only with it.
+    public static func make(configuration c: AgentConfiguration, logger: Logger, metricsText: (@Sendable () -> [UInt8])? = nil) async throws -> HostAgent {
         let policy = try c.accessPolicy()  // an unusable auth file stops the start before anything else
         try HostFiles.createDirectory(c.stateDir)
         try HostFiles.createDirectory("\(c.stateDir)/vm")
@@ -44,12 +49,14 @@ public final class HostAgent: Service {
             throw AgentError(.failedPrecondition, "--parent-iface \(parent): no such network interface on this host")
         }
         try await AgentBridge(network: try c.agentNetwork(), stateDirectory: c.stateDir, logger: logger).reconcile()
-        return HostAgent(configuration: c, accessPolicy: policy, repository: repo, images: images, vmm: vmm, logger: logger)
+        return HostAgent(configuration: c, accessPolicy: policy, repository: repo, images: images, vmm: vmm, metricsText: metricsText, logger: logger)
     }
 
-    init(configuration c: AgentConfiguration, accessPolicy: AccessPolicy, repository: any MicroVMRepository, images: ContainerdImageService, vmm: QEMUVMM, logger: Logger) {
+    init(configuration c: AgentConfiguration, accessPolicy: AccessPolicy, repository: any MicroVMRepository, images: ContainerdImageService, vmm: QEMUVMM,
+         metricsText: (@Sendable () -> [UInt8])?, logger: Logger) {
         self.configuration = c
         self.accessPolicy = accessPolicy
+        self.metricsText = metricsText
         self.images = images
         self.vmm = vmm
         self.logger = logger
@@ -80,7 +87,29 @@ public final class HostAgent: Service {
         ]
     }
 
-    var interceptors: [any ServerInterceptor] { [AccessInterceptor(policy: accessPolicy)] }
+    var interceptors: [any ServerInterceptor] { [MetricsInterceptor(), AccessInterceptor(policy: accessPolicy)] }
+
+    /// /healthz: the state database answers. /readyz: and containerd too. /metrics: Prometheus text.
+    func httpEndpoint(_ path: String) async -> (status: Int, contentType: String, body: [UInt8]) {
+        switch path {
+        case "/healthz", "/readyz":
+            do { _ = try store.list(namespace: nil) } catch {
+                return (503, "text/plain", Array("state database: \(error)\n".utf8))
+            }
+            if path == "/readyz" {
+                do { try await images.checkAvailable() } catch {
+                    return (503, "text/plain", Array("containerd: \(error)\n".utf8))
+                }
+            }
+            return (200, "text/plain", Array("ok\n".utf8))
+        case "/metrics":
+            guard let metricsText else { return (404, "text/plain", Array("no metrics backend\n".utf8)) }
+            AgentMetrics.refreshInventory((try? store.list(namespace: nil)) ?? [], providers: [vmm.name])
+            return (200, "text/plain; version=0.0.4", metricsText())
+        default:
+            return (404, "text/plain", Array("not found: try /metrics, /healthz or /readyz\n".utf8))
+        }
+    }
 
     /// The authentication and authorization in force, for the start log.
     var authDescription: String {
@@ -104,7 +133,8 @@ public final class HostAgent: Service {
 
     /// Serves the API and reconciles until the task is cancelled or a graceful shutdown is requested.
     public func run() async throws {
-        let (host, port) = try AgentConfiguration.hostPort(configuration.grpcEndpoint)
+        let endpoint = try AgentConfiguration.hostPort(configuration.grpcEndpoint)
+        let (host, port) = (endpoint.host, endpoint.port)
         var servers: [GRPCServer<HTTP2ServerTransport.Posix>] = [
             GRPCServer(
                 transport: HTTP2ServerTransport.Posix(address: .ipv4(host: host == "localhost" ? "127.0.0.1" : host, port: port), transportSecurity: transportSecurity()),
@@ -132,6 +162,12 @@ public final class HostAgent: Service {
         if accessPolicy.isOpen && !configuration.tlsClientValidate {
             logger.warning("no authentication: anyone who reaches \(configuration.grpcEndpoint) may create and delete microVMs (set --basic-auth-token or --auth-file)")
         }
+        var http: HTTPEndpoints?
+        if let m = configuration.metricsEndpoint {
+            http = try await HTTPEndpoints.start(address: m) { [self] path in await self.httpEndpoint(path) }
+            logger.info("serving /metrics, /healthz and /readyz", metadata: ["metrics-endpoint": "\(m)", "port": "\(http?.port ?? 0)"])
+        }
+        defer { if let http { Task { try? await http.stop() } } }
         let allServers = servers
         let reconcileTask = Task { await reconciler.run() }
         defer { reconcileTask.cancel() }

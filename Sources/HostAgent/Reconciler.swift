@@ -120,6 +120,8 @@ public final class Reconciler: Sendable {
         log[metadataKey: "uid"] = "\(vm.uid)"
         log[metadataKey: "namespace"] = "\(vm.spec.namespace)"
         log[metadataKey: "name"] = "\(vm.spec.name)"
+        let started = ContinuousClock.now
+        let plan = vm.status.state == .deleting ? "delete" : "create"
         do {
             switch vm.status.state {
             case .failed:
@@ -129,6 +131,7 @@ public final class Reconciler: Sendable {
             case .pending, .created:
                 try await createPlan(vm, log: log)
             }
+            AgentMetrics.reconcile(plan: plan, succeeded: true, duration: ContinuousClock.now - started)
         } catch let e as PlanStepError where e.underlying is CancellationError && Task.isCancelled {
             log.info("work interrupted: the agent is stopping; it goes on at the next start")
         } catch let e as PlanStepError where e.underlying is CancellationError && isBeingDeleted(uid) {
@@ -137,6 +140,7 @@ public final class Reconciler: Sendable {
             log.info("create stopped: the VM is being deleted")
             enqueue(uid)
         } catch {
+            AgentMetrics.reconcile(plan: plan, succeeded: false, duration: ContinuousClock.now - started)
             handleFailure(of: vm, error: error, log: log)
         }
     }
@@ -161,6 +165,7 @@ public final class Reconciler: Sendable {
                 guard v.status.state == .pending || v.status.state == .created else { return false }
                 v.status.retry += 1
                 if v.status.retry > settings.maxRetries {
+                    AgentMetrics.failed(reason: "retries", step: (error as? PlanStepError)?.step ?? "")
                     v.status.state = .failed
                     v.status.failureReason = "\(message) (gave up after \(settings.maxRetries) retries)"
                 } else {
@@ -318,6 +323,7 @@ public final class Reconciler: Sendable {
                     if case .running(let pid) = st {
                         try self.store.mutate(uid: ref.uid) { v in
                             guard v.status.state == .pending || v.status.state == .created else { return false }
+                            if v.status.state == .pending && v.status.restartCount == 0 { AgentMetrics.createToRunning(.seconds(Date().timeIntervalSince(v.createdAt))) }
                             v.status.state = .created
                             v.status.vmmPID = pid
                             v.status.retry = 0
@@ -421,7 +427,9 @@ public final class Reconciler: Sendable {
             guard v.status.state == .created || v.status.state == .pending, v.status.vmmPID != 0 else { return false }
             v.status.restartCount += 1
             v.status.vmmPID = 0
+            AgentMetrics.vmmRestart(reason: reason)
             if v.status.restartCount > settings.maxRestarts {
+                AgentMetrics.failed(reason: "restarts", step: "")
                 v.status.state = .failed
                 v.status.failureReason = "\(reason) (the VMM exited \(v.status.restartCount) times; not restarting)"
             } else {

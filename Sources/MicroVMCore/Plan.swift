@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 
 /// One idempotent step of a plan: it first measures whether its effect is already in place,
 /// and only acts when it is not. Re-running a plan after a crash at any point therefore converges.
@@ -29,7 +30,8 @@ public struct PlanStepError: Error, Sendable, CustomStringConvertible {
     public var description: String { "step \(step): \(underlying)" }
 }
 
-/// Runs steps in order; stops at the first failure.
+/// Runs steps in order; stops at the first failure. Times each step that acts
+/// (`flintlockd_plan_step_duration_seconds{plan,step}`).
 public struct PlanRunner: Sendable {
     public var logger: Logger
     public init(logger: Logger) { self.logger = logger }
@@ -42,7 +44,11 @@ public struct PlanRunner: Sendable {
             do {
                 if try await step.needed() {
                     log.debug("step starting", metadata: ["plan": "\(plan)"])
+                    let started = ContinuousClock.now
                     try await step.perform()
+                    let took = (ContinuousClock.now - started).components
+                    Metrics.Timer(label: "flintlockd_plan_step_duration_seconds", dimensions: [("plan", plan), ("step", step.name)], preferredDisplayUnit: .seconds)
+                        .recordNanoseconds(took.seconds * 1_000_000_000 + took.attoseconds / 1_000_000_000)
                     report.performed.append(step.name)
                     log.debug("step done", metadata: ["plan": "\(plan)"])
                 } else {

@@ -5,6 +5,7 @@ import Foundation
 import KubernetesClient
 import Logging
 import Metrics
+import HTTPEndpoints
 import Prometheus
 
 @main

@@ -5,6 +5,8 @@ import Glibc
 import Foundation
 import HostAgent
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// flintlockd: the Liquid Metal host agent (Flintlock-compatible gRPC API, QEMU microVMs).
@@ -96,6 +98,8 @@ struct Run: AsyncParsableCommand {
     var maxRestarts: String?
     @Option(name: .customLong("shutdown-timeout"), help: "Grace for guest power-off, then for SIGTERM, before SIGKILL. (default: 10s)")
     var shutdownTimeout: String?
+    @Option(name: .customLong("metrics-endpoint"), help: "host:port serving Prometheus /metrics, /healthz and /readyz (plain HTTP; off by default).")
+    var metricsEndpoint: String?
     @Option(name: .customLong("vcpu-overcommit"), help: "vCPUs handed out per host CPU; creates beyond it fail with RESOURCE_EXHAUSTED. (default: 4)")
     var vcpuOvercommit: String?
     @Option(name: .customLong("memory-reserve-mb"), help: "Host memory (MiB) never given to microVMs; memory is not overcommitted. (default: 512)")
@@ -132,7 +136,7 @@ struct Run: AsyncParsableCommand {
             ("bridge-cidr", bridgeCIDR), ("bridge-nameservers", bridgeNameservers),
             ("registry-auth-file", registryAuthFile), ("reconcile-workers", reconcileWorkers), ("max-retries", maxRetries),
             ("max-restarts", maxRestarts), ("shutdown-timeout", shutdownTimeout),
-            ("vcpu-overcommit", vcpuOvercommit), ("memory-reserve-mb", memoryReserveMB), ("vmm-overhead-mb", vmmOverheadMB),
+            ("metrics-endpoint", metricsEndpoint), ("vcpu-overcommit", vcpuOvercommit), ("memory-reserve-mb", memoryReserveMB), ("vmm-overhead-mb", vmmOverheadMB),
             ("insecure", insecure ? "true" : nil), ("tls-client-validate", tlsClientValidate ? "true" : nil), ("debug", debug ? "true" : nil),
             ("insecure-registry", insecureRegistry.isEmpty ? nil : insecureRegistry.joined(separator: ",")),
         ]
@@ -157,7 +161,13 @@ struct Run: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "flintlockd")
-        let agent = try await HostAgent.make(configuration: conf, logger: logger)
+        var metricsText: (@Sendable () -> [UInt8])?
+        if conf.metricsEndpoint != nil {
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            metricsText = { registry.emitToBuffer() }
+        }
+        let agent = try await HostAgent.make(configuration: conf, logger: logger, metricsText: metricsText)
         let group = ServiceGroup(services: [agent], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }

@@ -1,20 +1,20 @@
 import Foundation
+import HostPort
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A small HTTP/1.1 server for health, readiness and metrics: GET paths answered by a handler.
+/// A small HTTP/1.1 server for health, readiness and metrics: GET paths answered by a handler
+/// (capmvm's and flintlockd's /healthz, /readyz and /metrics).
 public final class HTTPEndpoints: Sendable {
-    public typealias Handler = @Sendable (_ path: String) -> (status: Int, contentType: String, body: [UInt8])
+    public typealias Handler = @Sendable (_ path: String) async -> (status: Int, contentType: String, body: [UInt8])
     let channel: any Channel
     public var port: Int { channel.localAddress?.port ?? 0 }
 
     /// Listens on `address` ("host:port"; an empty host means all addresses).
     public static func start(address: String, handler: @escaping Handler) async throws -> HTTPEndpoints {
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
-            throw EndpointError("\"\(address)\" is not host:port")
-        }
-        let host = address[..<colon].isEmpty ? "0.0.0.0" : String(address[..<colon])
+        guard let hp = HostPort(parsing: address, defaultHost: "0.0.0.0") else { throw EndpointError("\"\(address)\" is not host:port") }
+        let (host, port) = (hp.host == "localhost" ? "127.0.0.1" : hp.host, hp.port)
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
@@ -48,15 +48,19 @@ final class EndpointHandler: ChannelInboundHandler, @unchecked Sendable {
         case .body: break
         case .end:
             guard let head else { return }
+            self.head = nil
             let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
-            let (status, type, body) = head.method == .GET ? handler(path) : (405, "text/plain", Array("method not allowed\n".utf8))
-            let headers = HTTPHeaders([("Content-Type", type), ("Content-Length", String(body.count)), ("Connection", "close")])
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .init(statusCode: status), headers: headers))), promise: nil)
-            var buf = context.channel.allocator.buffer(capacity: body.count)
-            buf.writeBytes(body)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
             let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            let handler = self.handler
+            Task {
+                let (status, type, body) = head.method == .GET ? await handler(path) : (405, "text/plain", Array("method not allowed\n".utf8))
+                let headers = HTTPHeaders([("Content-Type", type), ("Content-Length", String(body.count)), ("Connection", "close")])
+                channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: head.version, status: .init(statusCode: status), headers: headers)), promise: nil)
+                var buf = channel.allocator.buffer(capacity: body.count)
+                buf.writeBytes(body)
+                channel.write(HTTPServerResponsePart.body(.byteBuffer(buf)), promise: nil)
+                channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+            }
         }
     }
 }
